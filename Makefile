@@ -1,0 +1,78 @@
+# silhouette_nb — one entry point for setting up, testing and benchmarking.
+#   make test       the whole suite (what CI runs)
+#   make bench      the speed / memory benchmarks (print ratios, assert nothing)
+#   make readme     regenerate README.md from nbs/index.ipynb (offline, no Quarto)
+SHELL  := /bin/bash
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+ARCH   := $(shell uname -m)
+STAMP  := $(VENV)/.installed
+# torch/torchvision as served by the local package cache on x86_64; elsewhere pip picks.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+export PYTHONUNBUFFERED := 1
+export MPLBACKEND := Agg
+
+.PHONY: docs browser data venv test check-clean check-nbdev nbtest pytest bench readme export clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+ifeq ($(ARCH),x86_64)
+	$(PY) -m pip install -q $(TORCH_PINS)
+endif
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+test: venv data browser check-clean check-nbdev nbtest docs pytest
+
+# A fresh clone is clean; locally, `make test ALLOW_DIRTY=1` skips this one check.
+check-clean:
+	@if [ -z "$(ALLOW_DIRTY)" ] && [ -n "$$(git status --porcelain)" ]; then \
+	  echo "check-clean: the working tree has uncommitted changes:"; git status --porcelain | head -20; exit 1; \
+	else echo "check-clean: ok"; fi
+
+# nbdev-clean and nbdev-export must leave notebooks and the library byte-for-byte unchanged.
+check-nbdev: venv
+	@before=$$(bash tools/tree_hash.sh); $(BIN)/nbdev-clean; after=$$(bash tools/tree_hash.sh); \
+	  if [ "$$before" != "$$after" ]; then echo "check-nbdev: nbdev-clean changed files (run nbdev-clean and commit)"; git status --porcelain; exit 1; fi
+	@before=$$(bash tools/tree_hash.sh); $(BIN)/nbdev-export; after=$$(bash tools/tree_hash.sh); \
+	  if [ "$$before" != "$$after" ]; then echo "check-nbdev: nbdev-export changed files (run nbdev-export and commit)"; git status --porcelain; exit 1; fi
+	@echo "check-nbdev: ok"
+
+nbtest: venv
+	$(BIN)/nbdev-test --timing
+
+pytest: venv
+	$(BIN)/pytest -q
+
+bench: venv
+	$(PY) benchmarks/bench_silhouette.py
+	$(PY) benchmarks/bench_supcon.py
+
+readme: venv
+	$(PY) tools/readme.py
+
+export: venv
+	$(BIN)/nbdev-clean && $(BIN)/nbdev-export
+
+clean-venv:
+	rm -rf $(VENV)
+
+docs: venv
+	$(PY) docs/build.py
+
+# Offline real data: Fashion-MNIST from Debian (installed when run as root; the suite runs without it otherwise).
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "data: Fashion-MNIST ok"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; \
+	else echo "data: Fashion-MNIST missing and not root: sudo apt-get install dataset-fashion-mnist (tests that need it skip)"; fi
+
+# Chromium + chromedriver for tests/test_docs_browser.py (Debian packages; installed when run as root)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "browser: ok ($$(chromium --version))"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "browser: chromium/chromedriver missing and not root: sudo apt-get install -y chromium chromium-driver (the docs browser test skips; it fails under CI=true)"; fi
