@@ -1,0 +1,261 @@
+"SupCon: against a plain Python loop, against pytorch-metric-learning and the reference code, gradients, dtypes, bad input."
+import math
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, assume, HealthCheck, strategies as st
+from pytorch_metric_learning.losses import SupConLoss as PMLSupConLoss
+from silhouette_nb.supcon import supcon_loss, supcon_anchor_losses, SupConLoss, gram_logsumexp, flatten_views
+
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ---------------------------------------------------------------- oracles
+def loop_supcon(features, labels, temperature=0.1, contrast_mode='all', variant='out'):
+    "L_out / L_in written from the definition with Python loops, float64; the mean over anchors with a positive."
+    f = features.detach().double()
+    if f.ndim == 2: f = f[:, None]
+    B, V, d = f.shape
+    z = [f[b, v] / max(f[b, v].norm().item(), 1e-12) for v in range(V) for b in range(B)]  # view-major
+    y = [int(labels[b]) for v in range(V) for b in range(B)]
+    N = len(z)
+    if len(set(y)) < 2: return 0.0
+    anchors = range(N) if contrast_mode == 'all' else range(B)
+    losses = []
+    for i in anchors:
+        s = {j: float(z[i] @ z[j]) / temperature for j in range(N) if j != i}
+        P = [j for j in s if y[j] == y[i]]
+        if not P: continue
+        denom = math.log(sum(math.exp(v) for v in s.values()))
+        if variant == 'out': losses.append(-sum(s[p] - denom for p in P) / len(P))
+        else: losses.append(-math.log(sum(math.exp(s[p] - denom) for p in P) / len(P)))
+    return sum(losses) / len(losses) if losses else 0.0
+
+
+def reference_supcon(features, labels, temperature):
+    "The reference code's loss (HobbitLong/SupContrast losses.py), with base_temperature = temperature; (B, V, d)."
+    features = F.normalize(features, dim=2)
+    B, V = features.shape[:2]
+    mask = torch.eq(labels[:, None], labels[None]).to(features.dtype)
+    contrast = torch.cat(torch.unbind(features, dim=1), dim=0)
+    out = {}
+    for mode, anchor, count in [('all', contrast, V), ('one', features[:, 0], 1)]:
+        logits = anchor @ contrast.T / temperature
+        logits = logits - logits.max(1, keepdim=True).values.detach()
+        m = mask.repeat(count, V)
+        logits_mask = torch.scatter(torch.ones_like(m), 1, torch.arange(B * count)[:, None], 0)
+        m = m * logits_mask
+        log_prob = logits - torch.log((torch.exp(logits) * logits_mask).sum(1, keepdim=True))
+        npos = m.sum(1)
+        npos = torch.where(npos < 1e-6, 1, npos)
+        out[mode] = (-(m * log_prob).sum(1) / npos).view(count, B).mean()
+    return out
+
+
+# ---------------------------------------------------------------- strategies
+@st.composite
+def batches(draw, max_b=10, views=(1, 2, 3), dtype=torch.float64):
+    B = draw(st.integers(1, max_b))
+    V = draw(st.sampled_from(views))
+    d = draw(st.integers(1, 6))
+    pattern = draw(st.sampled_from(['random', 'singletons', 'same', 'distinct', 'pairs']))
+    if pattern == 'random': labels = draw(st.lists(st.integers(0, 3), min_size=B, max_size=B))
+    elif pattern == 'singletons': labels = [0] * (B - B // 2) + list(range(1, B // 2 + 1))  # one class + singletons
+    elif pattern == 'same': labels = [draw(st.integers(0, 5))] * B
+    elif pattern == 'distinct': labels = list(range(B))
+    else: labels = [i // 2 for i in range(B)]
+    labels = torch.tensor(labels)[torch.randperm(B, generator=torch.Generator().manual_seed(draw(st.integers(0, 99))))]
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(B, V, d, generator=g, dtype=torch.float64) * torch.rand(B, V, 1, generator=g, dtype=torch.float64).add(0.1) * 3
+    x = x.to(dtype)
+    return (x[:, 0] if V == 1 and draw(st.booleans()) else x), labels
+
+
+temperatures = st.sampled_from([0.05, 0.1, 0.5, 1.0])
+
+
+# ---------------------------------------------------------------- against the loop
+@SETTINGS
+@given(batches(), temperatures, st.sampled_from(['all', 'one']), st.sampled_from(['out', 'in']))
+def test_matches_python_loop(batch, tau, mode, variant):
+    x, y = batch
+    ours = supcon_loss(x, y, tau, mode, variant)
+    assert ours.dtype == torch.float64 and ours.ndim == 0
+    assert abs(ours.item() - loop_supcon(x, y, tau, mode, variant)) < 1e-9
+
+
+def test_in_below_out_and_equal_with_one_positive():
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 5, dtype=torch.float64), torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 4])
+    lo, valid = supcon_anchor_losses(x, y, variant='out')
+    li, _ = supcon_anchor_losses(x, y, variant='in')
+    assert (li[:9] < lo[:9]).all()                       # Jensen, strict with >= 2 positives
+    torch.testing.assert_close(li[9:], lo[9:])          # one positive (class 3) or none (class 4): equal
+    assert valid.tolist() == [True] * 11 + [False]
+
+
+# ---------------------------------------------------------------- against PML
+@SETTINGS
+@given(batches(max_b=16), temperatures, st.sampled_from([torch.float32, torch.float64]))
+def test_matches_pml(batch, tau, dtype):
+    x, y = batch
+    x = x.to(dtype)
+    V = x.shape[1] if x.ndim == 3 else 1
+    flat = torch.cat(x.unbind(1)) if x.ndim == 3 else x
+    pml = PMLSupConLoss(temperature=tau)(flat, y.repeat(V))
+    losses, valid = supcon_anchor_losses(x, y, tau)
+    # PML also drops a valid anchor whose loss rounds to exactly 0 (see the notebook); keep clear of that case
+    assume(not valid.any() or losses[valid].min() > 1e-3)
+    ours = supcon_loss(x, y, tau)
+    tol = dict(atol=1e-6, rtol=0) if dtype == torch.float64 else dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours, pml.to(ours.dtype), **tol)
+    assert (pml.item() == 0) == (ours.item() == 0)
+
+
+def test_pml_at_a_realistic_size():
+    torch.manual_seed(0)
+    x, y = torch.randn(512, 128, dtype=torch.float64), torch.randint(0, 10, (512,))
+    for tau in (0.07, 0.1, 0.5):
+        torch.testing.assert_close(supcon_loss(x, y, tau), PMLSupConLoss(tau)(x, y), atol=1e-6, rtol=0)
+        torch.testing.assert_close(SupConLoss(tau)(x, y), PMLSupConLoss(tau)(x, y), atol=1e-6, rtol=0)
+
+
+def test_pml_drops_underflowed_anchors_we_keep_them():
+    x = torch.tensor([[1., 0], [1, 0], [-1, 0], [0, 1], [0, -1]])
+    y = torch.tensor([0, 0, 1, 1, 1])
+    losses, valid = supcon_anchor_losses(x, y, temperature=0.01)
+    assert valid.all() and (losses[:2] == 0).all() and (losses[2:] > 0).all()
+    torch.testing.assert_close(supcon_loss(x, y, 0.01), losses.mean())
+    torch.testing.assert_close(PMLSupConLoss(0.01)(x, y), losses[2:].mean())
+
+
+# ---------------------------------------------------------------- against the reference code (views, both modes)
+@SETTINGS
+@given(batches(max_b=10, views=(2, 3)), temperatures)
+def test_matches_reference_code_with_views(batch, tau):
+    x, y = batch
+    assume(x.ndim == 3 and len(y.unique()) > 1)   # the reference code has no single-class rule
+    ref = reference_supcon(x, y, tau)
+    for mode in ('all', 'one'):
+        torch.testing.assert_close(supcon_loss(x, y, tau, contrast_mode=mode), ref[mode], atol=1e-9, rtol=0)
+
+
+def test_contrast_mode_one_is_first_view_anchors():
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 2, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
+    all_losses, _ = supcon_anchor_losses(x, y, contrast_mode='all')
+    one_losses, _ = supcon_anchor_losses(x, y, contrast_mode='one')
+    torch.testing.assert_close(one_losses, all_losses[:8])
+    torch.testing.assert_close(supcon_loss(x, y, contrast_mode='one'), all_losses[:8].mean())
+    # with one view the two modes coincide
+    torch.testing.assert_close(supcon_loss(x[:, 0], y, contrast_mode='one'), supcon_loss(x[:, 0], y))
+
+
+# ---------------------------------------------------------------- gradients
+@pytest.mark.parametrize('variant', ['out', 'in'])
+@pytest.mark.parametrize('mode', ['all', 'one'])
+@pytest.mark.parametrize('shape,labels', [((7, 3), [0, 0, 1, 1, 1, 2, 3]), ((5, 2, 3), [0, 1, 1, 2, 0]),
+                                          ((4, 3, 2), [0, 1, 2, 3])])
+def test_gradcheck(variant, mode, shape, labels):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor(labels)
+    assert torch.autograd.gradcheck(lambda x: supcon_loss(x, y, 0.3, mode, variant), (x,))
+    assert torch.autograd.gradcheck(lambda x: supcon_anchor_losses(x, y, 0.3, mode, variant)[0], (x,))
+
+
+def test_gradcheck_gram_logsumexp_masked():
+    torch.manual_seed(0)
+    a = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    keep = torch.rand(3, 6) < 0.6
+    keep[:, 0] = True
+    assert torch.autograd.gradcheck(lambda a, z: gram_logsumexp(a, z, 0.5, keep), (a, z))
+
+
+def test_gradient_matches_autograd_of_the_plain_formula():
+    torch.manual_seed(1)
+    x = torch.randn(32, 8, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 4, (32,))
+    g1, = torch.autograd.grad(supcon_loss(x, y), x)
+    g2, = torch.autograd.grad(PMLSupConLoss(0.1)(x, y), x)
+    torch.testing.assert_close(g1, g2, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize('variant', ['out', 'in'])
+def test_second_derivatives(variant):
+    "With create_graph=True the backward rebuilds the softmax with autograd: second derivatives are right."
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 0, 1, 1, 2])
+    assert torch.autograd.gradgradcheck(lambda x: supcon_loss(x, y, 0.5, variant=variant), (x,))
+
+
+@pytest.mark.parametrize('x,y', [(torch.randn(5, 3), torch.zeros(5, dtype=torch.long)),   # no negative
+                                 (torch.randn(5, 3), torch.arange(5)),                      # no positive
+                                 (torch.randn(1, 3), torch.tensor([4])),                    # one sample
+                                 (torch.randn(1, 1, 3), torch.tensor([4])),                 # one sample, one view
+                                 (torch.randn(3, 2, 3), torch.tensor([1, 1, 1]))])          # views, one class
+@pytest.mark.parametrize('variant', ['out', 'in'])
+def test_degenerate_batches_are_zero_attached(x, y, variant):
+    x = x.clone().requires_grad_()
+    loss = supcon_loss(x, y, variant=variant)
+    loss.backward()
+    assert loss.item() == 0 and loss.requires_grad
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_large_logits_and_duplicates_are_finite():
+    x = torch.tensor([[1., 0], [1, 0], [1, 0], [-1, 0], [0, 1e-30], [0, 0]], requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    for variant in ('out', 'in'):
+        loss = supcon_loss(x, y, temperature=0.001, variant=variant)
+        g, = torch.autograd.grad(loss, x)
+        assert torch.isfinite(loss) and torch.isfinite(g).all()
+
+
+# ---------------------------------------------------------------- half precision
+@pytest.mark.parametrize('dtype,atol', [(torch.float16, 0.02), (torch.bfloat16, 0.1)])
+@pytest.mark.parametrize('variant', ['out', 'in'])
+def test_half_precision(dtype, atol, variant):
+    torch.manual_seed(0)
+    x32 = torch.randn(64, 2, 16)
+    y = torch.randint(0, 5, (64,))
+    xh = x32.to(dtype).requires_grad_()
+    lh = supcon_loss(xh, y, variant=variant)
+    lh.backward()
+    assert lh.dtype == torch.float32 and torch.isfinite(lh)
+    assert xh.grad.dtype == dtype and torch.isfinite(xh.grad).all()
+    torch.testing.assert_close(lh, supcon_loss(xh.detach().float(), y, variant=variant), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lh, supcon_loss(x32, y, variant=variant), atol=atol, rtol=0)
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize('call,match', [
+    (lambda: supcon_loss(torch.randn(4), torch.arange(4)), r'\(B, d\) or \(B, V, d\)'),
+    (lambda: supcon_loss(torch.randn(4, 2, 3, 1), torch.arange(4)), r'\(B, d\) or \(B, V, d\)'),
+    (lambda: supcon_loss(torch.randn(4, 2, 3), torch.arange(8)), 'one label per sample'),
+    (lambda: supcon_loss(torch.randn(4, 2, 3), torch.arange(4)[:, None]), 'one label per sample'),
+    (lambda: supcon_loss(torch.randn(4, 0, 3), torch.arange(4)), 'zero views'),
+    (lambda: supcon_loss(torch.randn(4, 3), torch.arange(3)), 'differ in length'),
+    (lambda: supcon_loss(torch.randn(4, 3), torch.tensor([0., 1, 1, 0])), 'labels must be integers'),
+    (lambda: supcon_loss(torch.randn(4, 3), torch.tensor([0, -1, 1, 0])), 'non-negative'),
+    (lambda: supcon_loss(torch.full((4, 3), float('nan')), torch.arange(4)), 'NaN'),
+    (lambda: supcon_loss(torch.randn(0, 3), torch.arange(0)), 'empty batch'),
+    (lambda: supcon_loss(torch.arange(12).reshape(4, 3), torch.arange(4)), 'floating point'),
+    (lambda: supcon_loss(torch.randn(4, 3), torch.arange(4), temperature=0), 'temperature'),
+    (lambda: supcon_loss(torch.randn(4, 3), torch.arange(4), temperature=-1.), 'temperature'),
+    (lambda: supcon_loss(torch.randn(4, 3), torch.arange(4), temperature=float('nan')), 'temperature'),
+    (lambda: supcon_loss(torch.randn(4, 3), torch.arange(4), contrast_mode='both'), 'contrast_mode'),
+    (lambda: supcon_loss(torch.randn(4, 3), torch.arange(4), variant='inside'), 'variant'),
+    (lambda: SupConLoss(temperature=0.), 'temperature'),
+])
+def test_bad_input_raises_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_flatten_views_is_view_major():
+    x = torch.randn(5, 3, 2)
+    flat, y, V = flatten_views(x, torch.arange(5))
+    assert V == 3 and torch.equal(flat, torch.cat(x.unbind(1))) and torch.equal(y, torch.arange(5).repeat(3))
