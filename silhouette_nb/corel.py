@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .distances import check_batch, compute_dtype, sq_euclidean
+from .distances import check_batch, compute_dtype, sq_euclidean, global_mean
 
 # %% ../nbs/02_corel.ipynb #f545f982
 def _check_lam(lam):
@@ -26,10 +26,12 @@ def _check_lam(lam):
 def attractive_repulsive(att:Tensor, # (N,) attraction of each sample
                          rep:Tensor, # (N,) repulsion of each sample
                          lam:float=0.5, # lambda, the weight of the attraction
+                         gather:bool=False, # under torch.distributed: the mean over the samples of all processes
                         )->Tensor: # scalar loss
     "COREL's combination $\\frac{1}{N}\\sum_i [\\lambda\\,\\mathrm{att}_i + (1-\\lambda)\\,\\mathrm{rep}_i]$, with `lam` applied once."
     lam = _check_lam(lam)
-    return (lam * att + (1 - lam) * rep).mean()
+    terms = lam * att + (1 - lam) * rep
+    return global_mean(terms) if gather else terms.mean()
 
 # %% ../nbs/02_corel.ipynb #6a0fbcd3
 def _check_vectors(h:Tensor, W:Tensor)->Tensor:
@@ -77,13 +79,14 @@ def gaussian_corel_loss(h:Tensor, # (N, d) embeddings
                         labels:Tensor, # (N,) integer labels in 0..K-1
                         gamma:float|Tensor=0.5, # precision gamma > 0 (a scalar tensor to learn it)
                         lam:float=0.5, # weight of the attraction; 0.5 gives half the cross-entropy
+                        gather:bool=False, # under torch.distributed: the mean over the samples of all processes
                        )->Tensor: # scalar loss, float32 for half-precision input
     "Gaussian-COREL: $\\lambda\\,\\gamma\\|h_i - w_{y_i}\\|^2 + (1-\\lambda)\\log\\sum_k \\exp(-\\gamma\\|h_i - w_k\\|^2)$, averaged."
     h, W, y = check_corel_batch(h, W, labels)
     S = gaussian_corel_logits(h, W, gamma)
     att = -S.gather(1, y[:, None])[:, 0]
     rep = torch.logsumexp(S, 1)
-    return attractive_repulsive(att, rep, lam)
+    return attractive_repulsive(att, rep, lam, gather)
 
 # %% ../nbs/02_corel.ipynb #0d518c4b
 _RHO0 = math.log(math.expm1(0.5))  # softplus(_RHO0) = 0.5, the authors' initial gamma
@@ -99,9 +102,10 @@ class GaussianCOREL(nn.Module):
                  n_classes:int, # K, the number of class vectors
                  dim:int, # dimension of the embeddings
                  lam:float=0.5, # weight of the attraction; 0.5 is half the cross-entropy over -gamma ||h - w_k||^2
+                 gather:bool=False, # under torch.distributed: the mean over the samples of all processes
                 ):
         super().__init__()
-        self.lam = _check_lam(lam)
+        self.lam, self.gather = _check_lam(lam), bool(gather)
         self.W = _init_class_vectors(n_classes, dim)              # Xavier-normal, as in the authors' code; no bias
         self.rho = nn.Parameter(torch.tensor(_RHO0))               # gamma = softplus(rho) > 0, starts at 0.5
 
@@ -119,9 +123,9 @@ class GaussianCOREL(nn.Module):
     def forward(self, embeddings:Tensor, # (N, dim)
                 labels:Tensor, # (N,) integer labels in 0..K-1
                )->Tensor: # scalar loss
-        return gaussian_corel_loss(embeddings, self.W, labels, self.gamma, self.lam)
+        return gaussian_corel_loss(embeddings, self.W, labels, self.gamma, self.lam, self.gather)
 
-    def extra_repr(self): return f"n_classes={self.W.shape[0]}, dim={self.W.shape[1]}, lam={self.lam}"
+    def extra_repr(self): return f"n_classes={self.W.shape[0]}, dim={self.W.shape[1]}, lam={self.lam}" + (", gather=True" if self.gather else "")
 
 # %% ../nbs/02_corel.ipynb #b64344c1
 def _unit_rows(x:Tensor)->Tensor:
@@ -141,6 +145,7 @@ def cosine_corel_loss(h:Tensor, # (N, d) embeddings
                       W:Tensor, # (K, d) class vectors
                       labels:Tensor, # (N,) integer labels in 0..K-1
                       lam:float=0.5, # weight of the attraction
+                      gather:bool=False, # under torch.distributed: the mean over the samples of all processes
                      )->Tensor: # scalar loss, float32 for half-precision input
     "Cosine-COREL: $-\\lambda\\cos(h_i, w_{y_i}) + (1-\\lambda)\\max(0, \\max_{k\\ne y_i}\\cos(h_i, w_k))^2$, averaged."
     h, W, y = check_corel_batch(h, W, labels)
@@ -148,7 +153,7 @@ def cosine_corel_loss(h:Tensor, # (N, d) embeddings
     own = F.one_hot(y, len(W)).bool()
     att = -S.gather(1, y[:, None])[:, 0]
     rep = torch.where(own, 0, S).amax(1) ** 2           # max(0, max_{k != y} S): the zeroed own entry is the floor
-    return attractive_repulsive(att, rep, lam)
+    return attractive_repulsive(att, rep, lam, gather)
 
 # %% ../nbs/02_corel.ipynb #6f5543f6
 class CosineCOREL(nn.Module):
@@ -157,9 +162,10 @@ class CosineCOREL(nn.Module):
                  n_classes:int, # K, the number of class vectors
                  dim:int, # dimension of the embeddings
                  lam:float=0.5, # weight of the attraction
+                 gather:bool=False, # under torch.distributed: the mean over the samples of all processes
                 ):
         super().__init__()
-        self.lam = _check_lam(lam)
+        self.lam, self.gather = _check_lam(lam), bool(gather)
         self.W = _init_class_vectors(n_classes, dim)              # Xavier-normal, as in the authors' code; no bias
 
     def logits(self, embeddings:Tensor, # (N, dim)
@@ -173,6 +179,6 @@ class CosineCOREL(nn.Module):
     def forward(self, embeddings:Tensor, # (N, dim)
                 labels:Tensor, # (N,) integer labels in 0..K-1
                )->Tensor: # scalar loss
-        return cosine_corel_loss(embeddings, self.W, labels, self.lam)
+        return cosine_corel_loss(embeddings, self.W, labels, self.lam, self.gather)
 
-    def extra_repr(self): return f"n_classes={self.W.shape[0]}, dim={self.W.shape[1]}, lam={self.lam}"
+    def extra_repr(self): return f"n_classes={self.W.shape[0]}, dim={self.W.shape[1]}, lam={self.lam}" + (", gather=True" if self.gather else "")

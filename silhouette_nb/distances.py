@@ -7,10 +7,12 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/distances.html.md"""
 # %% auto #0
 __all__ = ['DISTANCES', 'compute_dtype', 'check_batch', 'sq_euclidean', 'euclidean', 'cosine', 'pairwise_distances',
            'encode_labels', 'one_hot', 'class_counts', 'class_sums', 'class_means', 'mean_distance_to_classes',
-           'euclidean_class_sums', 'mean_sqeuclidean_to_classes']
+           'euclidean_class_sums', 'mean_sqeuclidean_to_classes', 'check_chunk_size', 'class_distance_sums',
+           'world_size', 'gather_batch', 'global_mean']
 
 # %% ../nbs/00_distances.ipynb #0af967cc
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -186,3 +188,144 @@ def mean_sqeuclidean_to_classes(x:Tensor, # (B, d) embeddings
     m = sq_euclidean(x, mu) + var                           # (B, K) mean over all members, self included
     if exclude_self: m = m * torch.where(Y > 0, n / (n - 1).clamp_min(1), 1.)
     return m
+
+# %% ../nbs/00_distances.ipynb #d47c0eca
+def check_chunk_size(chunk_size:int|None, # rows per block, or None for one block
+                    )->int|None: # `chunk_size`, checked
+    "Validate a `chunk_size` option, raising `ValueError` unless it is a positive int or None."
+    if chunk_size is None: return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    return chunk_size
+
+# %% ../nbs/00_distances.ipynb #fc0e6c22
+def _distance_block(x, sq, b0, b1, distance):
+    "Distances from rows b0:b1 of x to all rows, self entries 0, and the mask of entries the unchunked path differentiates."
+    xb = x[b0:b1]
+    if distance == 'euclidean':   # as the fused path: the norms added to the product, clamped, square-rooted
+        d = torch.addmm(sq, xb, x.T, alpha=-2).add_(sq[b0:b1, None]).clamp_min_(0).sqrt_()
+        ok = None                                       # the backward divides by D and zeroes D = 0
+    elif distance == 'sqeuclidean':                     # as `sq_euclidean`
+        d = sq[b0:b1, None] + sq - 2 * xb @ x.T
+        ok = d > 0
+        d.clamp_min_(0)
+    else:                                               # cosine on unit rows, as `cosine`
+        d = 1 - xb @ x.T
+        ok = (d > 0) & (d < 2)
+        d.clamp_(0, 2)
+    d.diagonal(b0).zero_()                              # entries (i, b0 + i): the samples themselves
+    if ok is not None: ok.diagonal(b0).zero_()
+    return d, ok
+
+class _ClassDistanceSums(torch.autograd.Function):
+    "S[i, c] = sum over the members j of class c of D(x_i, x_j), for the rows i in start:stop, a block at a time."
+    @staticmethod
+    def forward(ctx, x, codes, n_classes, distance, start, stop, chunk):
+        sq = (x*x).sum(1) if distance != 'cosine' else None
+        s = x.new_zeros(stop - start, n_classes)
+        for b0 in range(start, stop, chunk):
+            b1 = min(b0 + chunk, stop)
+            d, _ = _distance_block(x, sq, b0, b1, distance)
+            s[b0 - start:b1 - start].index_add_(1, codes, d)
+        ctx.save_for_backward(x, codes)
+        ctx.args = distance, start, stop, chunk
+        return s
+
+    @staticmethod
+    def backward(ctx, gs):
+        if torch.is_grad_enabled(): raise RuntimeError("chunk_size computes first derivatives only; for create_graph=True use chunk_size=None")
+        x, codes = ctx.saved_tensors
+        distance, start, stop, chunk = ctx.args
+        sq = (x*x).sum(1) if distance != 'cosine' else None
+        gx = torch.zeros_like(x)
+        for b0 in range(start, stop, chunk):
+            b1 = min(b0 + chunk, stop)
+            d, ok = _distance_block(x, sq, b0, b1, distance)
+            h = gs[b0 - start:b1 - start].index_select(1, codes)       # dL/dD_ij = G[i, y_j]
+            xb = x[b0:b1]
+            if distance == 'cosine':
+                h.masked_fill_(~ok, 0)
+                gx[b0:b1].addmm_(h, x, alpha=-1)
+                gx.addmm_(h.T, xb, alpha=-1)
+                continue
+            if distance == 'euclidean': h.div_(d).nan_to_num_(0., 0., 0.)   # / D_ij, 0 where D_ij = 0
+            else: h.masked_fill_(~ok, 0).mul_(2)
+            gx[b0:b1] += h.sum(1)[:, None] * xb - h @ x
+            gx += h.sum(0)[:, None] * x - h.T @ xb
+        return gx, None, None, None, None, None, None
+
+# %% ../nbs/00_distances.ipynb #1bd51b1e
+def class_distance_sums(x:Tensor, # (B, d) embeddings
+                        codes:Tensor, # (B,) labels re-coded to 0..K-1 (`encode_labels`)
+                        n_classes:int, # K
+                        distance:str='euclidean', # 'euclidean', 'sqeuclidean' or 'cosine'
+                        rows:slice|None=None, # the samples to sum from, a contiguous slice; all when None
+                        chunk_size:int|None=None, # rows per block; None: all `rows` in one block
+                       )->Tensor: # (n, K) sums of distances from each of the n rows to each class's members
+    "Per-class sums of distances $D_{R\\cdot}Y$ from the samples `rows` to all samples, never holding more than a block of `chunk_size` rows of $D$."
+    if distance not in DISTANCES: raise ValueError(f"unknown distance {distance!r}; choose one of {sorted(DISTANCES)}")
+    check_chunk_size(chunk_size)
+    start, stop, step = (slice(None) if rows is None else rows).indices(len(x))
+    if step != 1: raise ValueError(f"rows must be a contiguous slice (step 1), got step {step}")
+    if distance == 'cosine': x = F.normalize(x, dim=1, eps=1e-12)
+    return _ClassDistanceSums.apply(x, codes, n_classes, distance, start, stop, chunk_size or max(stop - start, 1))
+
+# %% ../nbs/00_distances.ipynb #6466fc36
+def world_size()->int: # number of processes
+    "Number of processes in `torch.distributed`'s default group; 1 when it is not initialised."
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+def _all_gather_rows(t, sizes):
+    "Concatenate every process's `t` (sizes[r] rows on process r) in rank order, padding to the largest."
+    pad = max(sizes) - len(t)
+    t = torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) if pad else t.contiguous()
+    parts = [torch.empty_like(t) for _ in sizes]
+    dist.all_gather(parts, t)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes)])
+
+class _GatherRows(torch.autograd.Function):
+    "All-gather of rows whose backward is its adjoint: the sum over processes of the gradient, own rows."
+    @staticmethod
+    def forward(ctx, x, sizes, rows):
+        ctx.rows = rows
+        return _all_gather_rows(x, sizes)
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.contiguous().clone()
+        dist.all_reduce(g)            # every backend has it (gloo has no reduce_scatter)
+        return g[ctx.rows], None, None
+
+class _AllReduceSum(torch.autograd.Function):
+    "Sum over processes whose backward is its adjoint: the sum over processes of the gradient."
+    @staticmethod
+    def forward(ctx, t):
+        t = t.clone(); dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.contiguous().clone(); dist.all_reduce(g)
+        return g
+
+# %% ../nbs/00_distances.ipynb #6ef879f3
+def gather_batch(x:Tensor, # (B_r, ...) this process's embeddings (or views)
+                 y:Tensor, # (B_r,) this process's labels
+                )->tuple: # (x (B, ...) global embeddings, y (B,) global labels, rows: slice of this process's rows)
+    "The batch of every process in rank order, differentiable: the gradient flows back to each process's own rows."
+    if world_size() == 1: return x, y, slice(0, len(x))
+    n = torch.tensor([len(x)], device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    sizes, r = [int(s) for s in sizes], dist.get_rank()
+    rows = slice(sum(sizes[:r]), sum(sizes[:r + 1]))
+    return _GatherRows.apply(x, sizes, rows), _all_gather_rows(y, sizes), rows
+
+def global_mean(v:Tensor, # this process's values (any shape, may be empty)
+               )->Tensor: # scalar mean of the values of all processes
+    "Mean over the values of every process, differentiable with the adjoint backward; `v.mean()` on one process."
+    if world_size() == 1: return v.mean()
+    total = _AllReduceSum.apply(v.sum())
+    n = torch.tensor(float(v.numel()), dtype=total.dtype, device=total.device)
+    dist.all_reduce(n)
+    return total / n

@@ -15,21 +15,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from .distances import (check_batch, pairwise_distances, encode_labels, one_hot, class_counts, euclidean_class_sums,
-                                     mean_distance_to_classes, mean_sqeuclidean_to_classes, DISTANCES)
+                                     mean_distance_to_classes, mean_sqeuclidean_to_classes, DISTANCES, class_distance_sums,
+                                     check_chunk_size, gather_batch, global_mean, world_size)
 
 # %% ../nbs/01_silhouette.ipynb #d7d4edf0
 def class_mean_distances(x:Tensor, # (B, d) embeddings, already checked
                          codes:Tensor, # (B,) labels re-coded to 0..K-1
                          n_classes:int, # K
                          distance:str='euclidean', # 'euclidean', 'sqeuclidean' or 'cosine'
-                        )->tuple: # (M (B, K) mean distances m_i(c), Y (B, K) one-hot)
-    "Mean distance from every sample to every class in the batch, own class leaving the sample out."
+                         rows:slice|None=None, # the samples to measure from (a contiguous slice); all when None
+                         chunk_size:int|None=None, # row blocks for 'euclidean'/'cosine' (no B x B matrix); None: unchunked
+                        )->tuple: # (M (n, K) mean distances m_i(c) of the n rows, Y (n, K) their one-hot rows)
+    "Mean distance from every sample (of `rows`) to every class in the batch, own class leaving the sample out."
     if distance not in DISTANCES: raise ValueError(f"unknown distance {distance!r}; choose one of {sorted(DISTANCES)}")
     Y = one_hot(codes, n_classes, x.dtype)
-    if distance == 'sqeuclidean': return mean_sqeuclidean_to_classes(x, Y), Y
-    if distance == 'euclidean':  # fused: the class sums D Y without D's autograd intermediates
-        return euclidean_class_sums(x, codes, n_classes) / (class_counts(Y) - Y).clamp_min(1), Y
-    return mean_distance_to_classes(pairwise_distances(x, distance=distance), Y), Y
+    if rows is None and chunk_size is None:
+        if distance == 'sqeuclidean': return mean_sqeuclidean_to_classes(x, Y), Y
+        if distance == 'euclidean':  # fused: the class sums D Y without D's autograd intermediates
+            return euclidean_class_sums(x, codes, n_classes) / (class_counts(Y) - Y).clamp_min(1), Y
+        return mean_distance_to_classes(pairwise_distances(x, distance=distance), Y), Y
+    rows = slice(None) if rows is None else rows
+    if distance == 'sqeuclidean': return mean_sqeuclidean_to_classes(x, Y)[rows], Y[rows]   # O(BKd): nothing to chunk
+    S = class_distance_sums(x, codes, n_classes, distance, rows, chunk_size)
+    return S / (class_counts(Y) - Y[rows]).clamp_min(1), Y[rows]
 
 # %% ../nbs/01_silhouette.ipynb #325d1862
 def _own_other(M, Y):
@@ -44,28 +52,32 @@ def _silhouette_from(a, b, n_own):
     return torch.where(ok, (b - a) / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
 
 # %% ../nbs/01_silhouette.ipynb #235ca20a
-def _prepare(x, y, distance):
+def _prepare(x, y, distance, rows=None, chunk_size=None):
     x, y = check_batch(x, y)
+    check_chunk_size(chunk_size)
     codes, classes = encode_labels(y)
     if len(classes) < 2: raise ValueError(f"the silhouette needs at least 2 classes in the batch, got {len(classes)}")
-    M, Y = class_mean_distances(x, codes, len(classes), distance)
-    return M, Y, class_counts(Y)[codes]
+    M, Y = class_mean_distances(x, codes, len(classes), distance, rows, chunk_size)
+    n = torch.bincount(codes, minlength=len(classes))               # class sizes in the whole batch
+    return M, Y, n[codes if rows is None else codes[rows]]
 
 def silhouette_samples(x:Tensor, # (B, d) embeddings, used as given (no normalisation)
                        y:Tensor, # (B,) integer labels, at least 2 classes
                        distance:str='euclidean', # 'euclidean', 'sqeuclidean' or 'cosine'
+                       chunk_size:int|None=None, # rows per block (no B x B matrix); None: unchunked
                       )->Tensor: # (B,) silhouette s(i) of every sample
     "The exact silhouette of every sample (Rousseeuw 1987), singletons 0."
-    M, Y, n_own = _prepare(x, y, distance)
+    M, Y, n_own = _prepare(x, y, distance, chunk_size=chunk_size)
     a, other = _own_other(M, Y)
     return _silhouette_from(a, other.min(1).values, n_own)
 
 def silhouette_score(x:Tensor, # (B, d) embeddings, used as given (no normalisation)
                      y:Tensor, # (B,) integer labels, at least 2 classes
                      distance:str='euclidean', # 'euclidean', 'sqeuclidean' or 'cosine'
+                     chunk_size:int|None=None, # rows per block (no B x B matrix); None: unchunked
                     )->Tensor: # scalar mean silhouette
     "The exact silhouette coefficient: the mean of `silhouette_samples`, as `sklearn.metrics.silhouette_score`."
-    return silhouette_samples(x, y, distance).mean()
+    return silhouette_samples(x, y, distance, chunk_size).mean()
 
 # %% ../nbs/01_silhouette.ipynb #d2bcf92d
 def soft_min(m:Tensor, # (B, K) values, +inf where a column must be ignored
@@ -77,24 +89,30 @@ def soft_min(m:Tensor, # (B, K) values, +inf where a column must be ignored
     return -temperature * (torch.logsumexp(-m / temperature, dim) - torch.log(k))
 
 # %% ../nbs/01_silhouette.ipynb #b45ebaff
+def _soft_samples(x, y, temperature, distance, rows=None, chunk_size=None):
+    "Soft silhouette of the samples `rows` (all when None) within the batch (x, y)."
+    if not temperature > 0: raise ValueError(f"temperature must be positive, got {temperature}")
+    M, Y, n_own = _prepare(x, y, distance, rows, chunk_size)
+    a, other = _own_other(M, Y)
+    return _silhouette_from(a, soft_min(other, temperature), n_own)
+
 def soft_silhouette_samples(x:Tensor, # (B, d) embeddings, used as given (no normalisation)
                             y:Tensor, # (B,) integer labels, at least 2 classes
                             temperature:float=0.01, # tau of the soft-min over the other classes
                             distance:str='euclidean', # 'euclidean', 'sqeuclidean' or 'cosine'
+                            chunk_size:int|None=None, # rows per block (no B x B matrix); None: unchunked
                            )->Tensor: # (B,) soft silhouette of every sample
     "Differentiable silhouette of every sample: the minimum over other classes replaced by a soft-min."
-    if not temperature > 0: raise ValueError(f"temperature must be positive, got {temperature}")
-    M, Y, n_own = _prepare(x, y, distance)
-    a, other = _own_other(M, Y)
-    return _silhouette_from(a, soft_min(other, temperature), n_own)
+    return _soft_samples(x, y, temperature, distance, chunk_size=chunk_size)
 
 def soft_silhouette_score(x:Tensor, # (B, d) embeddings, used as given (no normalisation)
                           y:Tensor, # (B,) integer labels, at least 2 classes
                           temperature:float=0.01, # tau of the soft-min over the other classes
                           distance:str='euclidean', # 'euclidean', 'sqeuclidean' or 'cosine'
+                          chunk_size:int|None=None, # rows per block (no B x B matrix); None: unchunked
                          )->Tensor: # scalar mean soft silhouette
     "Differentiable silhouette coefficient; tends to `silhouette_score` as `temperature` → 0."
-    return soft_silhouette_samples(x, y, temperature, distance).mean()
+    return soft_silhouette_samples(x, y, temperature, distance, chunk_size).mean()
 
 # %% ../nbs/01_silhouette.ipynb #cbbfd524
 def soft_silhouette_loss(embeddings:Tensor, # (B, d) embeddings
@@ -102,12 +120,18 @@ def soft_silhouette_loss(embeddings:Tensor, # (B, d) embeddings
                          temperature:float=0.01, # tau of the soft-min over the other classes
                          distance:str='euclidean', # 'euclidean', 'sqeuclidean' or 'cosine'
                          normalize:bool=True, # L2-normalise the embeddings first
+                         gather:bool=False, # under torch.distributed: the loss of the global batch of all processes
+                         chunk_size:int|None=None, # rows per block (no B x B matrix); None: unchunked
                         )->Tensor: # scalar loss 1 - S_tau, 0 for a single-class batch
     "Soft Silhouette Loss: one minus the soft silhouette coefficient of the batch."
     x, y = check_batch(embeddings, labels)
+    check_chunk_size(chunk_size)
     if normalize: x = F.normalize(x, dim=1)
+    rows = None
+    if gather and world_size() > 1: x, y, rows = gather_batch(x, y)   # every process: the global batch, its own rows
     if len(torch.unique(y)) < 2: return x.sum() * 0.
-    return 1 - soft_silhouette_score(x, y, temperature, distance)
+    if rows is None: return 1 - soft_silhouette_score(x, y, temperature, distance, chunk_size)
+    return 1 - global_mean(_soft_samples(x, y, temperature, distance, rows, chunk_size))
 
 class SoftSilhouetteLoss(nn.Module):
     "Soft Silhouette Loss as an `nn.Module`, called like pytorch-metric-learning's losses: `loss(embeddings, labels)`."
@@ -115,13 +139,19 @@ class SoftSilhouetteLoss(nn.Module):
                  temperature:float=0.01, # tau of the soft-min over the other classes
                  distance:str='euclidean', # 'euclidean', 'sqeuclidean' or 'cosine'
                  normalize:bool=True, # L2-normalise the embeddings first
+                 gather:bool=False, # under torch.distributed: the loss of the global batch of all processes
+                 chunk_size:int|None=None, # rows per block (no B x B matrix); None: unchunked
                 ):
         super().__init__()
         if not temperature > 0: raise ValueError(f"temperature must be positive, got {temperature}")
         if distance not in DISTANCES: raise ValueError(f"unknown distance {distance!r}; choose one of {sorted(DISTANCES)}")
         self.temperature, self.distance, self.normalize = temperature, distance, normalize
+        self.gather, self.chunk_size = bool(gather), check_chunk_size(chunk_size)
 
     def forward(self, embeddings:Tensor, labels:Tensor)->Tensor:
-        return soft_silhouette_loss(embeddings, labels, self.temperature, self.distance, self.normalize)
+        return soft_silhouette_loss(embeddings, labels, self.temperature, self.distance, self.normalize,
+                                    self.gather, self.chunk_size)
 
-    def extra_repr(self): return f"temperature={self.temperature}, distance={self.distance!r}, normalize={self.normalize}"
+    def extra_repr(self):
+        return (f"temperature={self.temperature}, distance={self.distance!r}, normalize={self.normalize}"
+                + (", gather=True" if self.gather else "") + (f", chunk_size={self.chunk_size}" if self.chunk_size else ""))
