@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .distances import check_batch, compute_dtype, sq_euclidean, global_mean
+from .distances import check_batch, compute_dtype, sq_euclidean, global_mean, unit_rows
 
 # %% ../nbs/02_corel.ipynb #f545f982
 def _check_lam(lam):
@@ -128,18 +128,12 @@ class GaussianCOREL(nn.Module):
     def extra_repr(self): return f"n_classes={self.W.shape[0]}, dim={self.W.shape[1]}, lam={self.lam}" + (", gather=True" if self.gather else "")
 
 # %% ../nbs/02_corel.ipynb #b64344c1
-def _unit_rows(x:Tensor)->Tensor:
-    "Rows scaled to unit norm; a zero row stays 0, with gradient 0 (no 1/eps blow-up)."
-    n = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    nz = n > 0
-    return x / torch.where(nz, n, 1) * nz
-
 def cosine_corel_logits(h:Tensor, # (N, d) embeddings
                         W:Tensor, # (K, d) class vectors
                        )->Tensor: # (N, K) similarities S = cos(h_i, w_k), 0 for a zero vector
     "Cosine-COREL similarities $S_{ik} = \\cos(h_i, w_k)$ of each embedding to each class vector."
     h, W, _ = check_corel_batch(h, W)
-    return _unit_rows(h) @ _unit_rows(W).T
+    return unit_rows(h) @ unit_rows(W).T
 
 def cosine_corel_loss(h:Tensor, # (N, d) embeddings
                       W:Tensor, # (K, d) class vectors

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from fastcore.basics import patch
 from pytorch_metric_learning.losses import ProxyNCALoss
-from .distances import DISTANCES, compute_dtype
+from .distances import DISTANCES, compute_dtype, unit_rows
 from .silhouette import SoftSilhouetteLoss
 from .supcon import SupConLoss, flatten_views
-from .corel import CosineCOREL, GaussianCOREL, check_corel_batch, _unit_rows
+from .corel import CosineCOREL, GaussianCOREL, check_corel_batch
 
 # %% ../nbs/04_objectives.ipynb #f28b7f88
 def center_loss(features:Tensor, # (B, d) embeddings, used as given
@@ -190,7 +190,7 @@ def _term(self:Objective, t, z, yz, f, xf, yf, y):
     if t == 'sil': return self.sil(xf, yf)
     if t == 'supcon': return self.supcon(f, y)
     if t == 'proxynca':
-        x = _unit_rows(xf.to(torch.promote_types(compute_dtype(xf.dtype), self.head.proxies.dtype)))
+        x = unit_rows(xf.to(torch.promote_types(compute_dtype(xf.dtype), self.head.proxies.dtype)))
         return self.head(x, yf)
     return self.head(xf, yf)  # center, corel
 
@@ -228,7 +228,7 @@ def predict(self:Objective, outputs:dict, # 'logits' and/or 'features', as for `
             x = x.transpose(0, 1).reshape(-1, self.dim) if x.ndim == 3 else x
             if self.spec == 'proxynca':
                 P = self.head.proxies
-                return self.head.get_logits(_unit_rows(x.to(torch.promote_types(compute_dtype(x.dtype), P.dtype)))).argmin(1)
+                return self.head.get_logits(unit_rows(x.to(torch.promote_types(compute_dtype(x.dtype), P.dtype)))).argmin(1)
             return self.head.predict(x)
         if self.spec == 'supcon' and (not isinstance(outputs, Mapping) or outputs.get('logits') is None):
             raise ValueError("objective 'supcon' trains no classifier: fit a linear probe on the frozen features "

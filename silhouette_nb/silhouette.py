@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .distances import (check_batch, pairwise_distances, encode_labels, one_hot, class_counts, euclidean_class_sums,
+from .distances import (unit_rows, check_batch, pairwise_distances, encode_labels, one_hot, class_counts, euclidean_class_sums,
                                      mean_distance_to_classes, mean_sqeuclidean_to_classes, DISTANCES, class_distance_sums,
                                      check_chunk_size, gather_batch, global_mean, world_size)
 
@@ -124,9 +124,11 @@ def soft_silhouette_loss(embeddings:Tensor, # (B, d) embeddings
                          chunk_size:int|None=None, # rows per block (no B x B matrix); None: unchunked
                         )->Tensor: # scalar loss 1 - S_tau, 0 for a single-class batch
     "Soft Silhouette Loss: one minus the soft silhouette coefficient of the batch."
+    if not temperature > 0: raise ValueError(f"temperature must be positive, got {temperature}")
+    if distance not in DISTANCES: raise ValueError(f"unknown distance {distance!r}; choose one of {sorted(DISTANCES)}")
     x, y = check_batch(embeddings, labels)
     check_chunk_size(chunk_size)
-    if normalize: x = F.normalize(x, dim=1)
+    if normalize: x = unit_rows(x)
     rows = None
     if gather and world_size() > 1: x, y, rows = gather_batch(x, y)   # every process: the global batch, its own rows
     if len(torch.unique(y)) < 2: return x.sum() * 0.

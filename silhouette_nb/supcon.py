@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .distances import check_batch, encode_labels, check_chunk_size, gather_batch, global_mean, world_size
+from .distances import unit_rows, check_batch, encode_labels, check_chunk_size, gather_batch, global_mean, world_size
 
 # %% ../nbs/03_supcon.ipynb #cd98786a
 def flatten_views(features:Tensor, # (B, d) embeddings or (B, V, d) views of each sample
@@ -165,7 +165,7 @@ def supcon_anchor_losses(features:Tensor, # (B, d) embeddings or (B, V, d) views
     n_pos = counts[codes[:n_anchor]] - 1                                    # |P(i)|
     valid = n_pos > 0
     if N == 1: return x.sum(1) * 0, valid                                   # nothing to contrast with
-    z = F.normalize(x, dim=1, eps=1e-12)
+    z = unit_rows(x)
     if chunk_size is not None: return _anchor_losses(z, codes, counts, torch.arange(n_anchor, device=z.device), tau, variant, chunk_size)
     a = z[:n_anchor]
     lse = gram_logsumexp(a, z, tau)                                         # l_i
@@ -190,7 +190,7 @@ def _global_supcon(features, labels, tau, contrast_mode, variant, chunk_size):
     B = len(x) // V
     f, y, rows = gather_batch(x.reshape(V, B, -1).transpose(0, 1), y[:B])   # (B_global, V, d), in sample order
     Bg = len(f)
-    z = F.normalize(f.transpose(0, 1).reshape(V * Bg, -1), dim=1, eps=1e-12)  # view-major, as on one process
+    z = unit_rows(f.transpose(0, 1).reshape(V * Bg, -1))  # view-major, as on one process
     codes, _ = encode_labels(y.repeat(V))
     counts = torch.bincount(codes)
     Va = V if contrast_mode == 'all' else 1                                 # anchor views

@@ -420,16 +420,10 @@ def test_duplicates_and_singletons_are_finite(dtype, distance, normalize):
     _finite_loss_and_grad(some, y8, distance, normalize, tau=1e-4)              # a nearly hard minimum
 
 
-ZERO_BUG = pytest.mark.xfail(strict=True, reason=(
-    "F.normalize's gradient at the zero vector is I/eps = 1e12 (1e24 for cosine after normalize=True): "
-    "about 1e11 in float32 and inf once cast back to float16; a zero-safe normalisation (subgradient 0) fixes it"))
-
-
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize('distance,normalize', [
-    ('euclidean', False), ('sqeuclidean', False),
-    pytest.param('cosine', False, marks=ZERO_BUG), pytest.param('euclidean', True, marks=ZERO_BUG),
-    pytest.param('sqeuclidean', True, marks=ZERO_BUG), pytest.param('cosine', True, marks=ZERO_BUG)])
+    ('euclidean', False), ('sqeuclidean', False), ('cosine', False),
+    ('euclidean', True), ('sqeuclidean', True), ('cosine', True)])
 def test_zero_embedding_has_a_bounded_gradient(dtype, distance, normalize):
     "An all-zero embedding (a dead ReLU output) must not blow up the gradient: every entry stays below 1e3."
     g = torch.Generator().manual_seed(0)
@@ -492,8 +486,6 @@ def test_bad_temperature(tau):
         with pytest.raises(ValueError, match='temperature'): call()
 
 
-@pytest.mark.xfail(strict=True, reason="soft_silhouette_loss returns 0 for a one-class batch before validating "
-                                      "temperature and distance, so bad arguments pass silently there")
 @pytest.mark.parametrize('kw,match', [({'temperature': 0.}, 'temperature'), ({'temperature': -1.}, 'temperature'),
                                       ({'distance': 'l1'}, 'unknown distance')])
 def test_bad_arguments_raise_on_a_one_class_batch(kw, match):
