@@ -52,7 +52,9 @@ def main():
     ap.add_argument('--quick', action='store_true', help='skip B = 4096')
     ap.add_argument('--repeats', type=int, default=5)
     ap.add_argument('--no-memory', action='store_true', help='time only')
+    ap.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's choice)")
     a = ap.parse_args()
+    if a.threads: torch.set_num_threads(a.threads); os.environ['OMP_NUM_THREADS'] = str(a.threads)
     sizes = [256, 1024] if a.quick else [256, 1024, 4096]
     print(f"# Soft Silhouette forward+backward, d={D}, float32, CPU: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
