@@ -86,7 +86,7 @@ def euclidean(x:Tensor, # (B, d)
 # %% ../nbs/00_distances.ipynb #ad85c267
 def unit_rows(x:Tensor, # (B, d)
              )->Tensor: # (B, d) rows of unit norm; a zero row stays 0
-    "Rows scaled to unit L2 norm; a zero row stays 0, with gradient 0 (no $1/\epsilon$ blow-up)."
+    "Rows scaled to unit L2 norm; a zero row stays 0, with gradient 0 (no 1/eps blow-up)."
     n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     nz = n > 0
     return x / torch.where(nz, n, 1) * nz
