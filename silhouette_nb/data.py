@@ -87,6 +87,7 @@ class TensorClassDataset(torch.utils.data.Dataset):
     def c(self): return len(self.vocab)
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return self.x[i], self.targets[i]
+    def new_empty(self): return TensorClassDataset(self.x[:0], self.targets[:0], self.vocab)  # for `Learner.export`
 
 # %% ../nbs/05_data.ipynb #cf03493e
 class RandomShift:
@@ -120,6 +121,7 @@ class MultiView(torch.utils.data.Dataset):
         f = self.tfm or (lambda o: o)
         if self.views == 1: return f(x), y
         return torch.stack([f(x) for _ in range(self.views)]), y
+    def new_empty(self): return MultiView(self.ds.new_empty(), self.tfm, self.views)  # for `Learner.export`
     def __getattr__(self, k):  # targets, vocab, c, classes... come from the wrapped dataset
         if k.startswith('__') or k in ('ds', 'tfm', 'views'): raise AttributeError(k)
         return getattr(self.ds, k)
@@ -168,7 +170,7 @@ class BalancedDL(TfmdDL):
         super().__init__(dataset, bs=bs, **kwargs)
         self.labels = dataset_labels(dataset) if labels is None else torch.as_tensor(labels).long()
         ncls = len(self.labels.unique())
-        if bs // m > ncls:
+        if len(self.labels) and bs // m > ncls:   # an empty copy (`new_empty`, for export) has no classes
             raise ValueError(f"bs={bs} with m={m} needs {bs // m} classes per batch but the dataset has {ncls}")
         self.m, self.seed, self.n_batches = m, seed, n_batches or max(1, len(self.labels) // bs)
         self.n, self.gen = self.n_batches * bs, torch.Generator().manual_seed(seed)
@@ -302,6 +304,7 @@ class LabelledSubset(torch.utils.data.Dataset):
     def c(self): return len(self.vocab)
     def __len__(self): return len(self.idxs)
     def __getitem__(self, i): x, y = self.ds[int(self.idxs[i])]; return x, y
+    def new_empty(self): return LabelledSubset([], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), self.vocab)
 
 def _tv(name, root, download, **kw):
     cls = {'cifar10': tvd.CIFAR10, 'cifar100': tvd.CIFAR100, 'stanford_cars': tvd.StanfordCars,
