@@ -1,6 +1,7 @@
 # silhouette_nb — one entry point for setting up, testing and benchmarking.
 #   make test       the whole suite (what CI runs)
 #   make bench      the speed / memory benchmarks (print ratios, assert nothing)
+#   make reproduce  the quick experiment suite (CPU, <= 20 min) and its report in results/quick/
 #   make readme     regenerate README.md from nbs/index.ipynb (offline, no Quarto)
 SHELL  := /bin/bash
 PYTHON ?= python3
@@ -14,7 +15,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 
-.PHONY: docs browser data venv test check-clean check-nbdev nbtest pytest bench readme export clean-venv
+.PHONY: docs browser data venv test check-clean check-nbdev nbtest pytest bench readme export clean-venv reproduce
 
 venv: $(STAMP)
 
@@ -64,6 +65,15 @@ clean-venv:
 
 docs: venv
 	$(PY) docs/build.py
+
+# The `quick` suite on the CPU (resumable: re-running skips the runs already recorded), then its report.
+# Without Fashion-MNIST (see `data`) its runs are skipped with a message and the rest runs.
+reproduce: venv
+	@$(MAKE) --no-print-directory data || echo "reproduce: Fashion-MNIST could not be installed; its runs will be skipped"
+	@$(BIN)/silhouette-nb suite quick --out results/quick; rc=$$?; \
+	  if [ $$rc -ne 130 ]; then $(BIN)/silhouette-nb report results/quick/results.jsonl || rc=1; \
+	  echo "reproduce: results in $(CURDIR)/results/quick/: report.md (tables), top1.png silhouette.png knn.png nmi.png ari.png (plots), results.jsonl (one row per run)"; fi; \
+	  exit $$rc
 
 # Offline real data: Fashion-MNIST from Debian (installed when run as root; the suite runs without it otherwise).
 data:

@@ -13,7 +13,7 @@ Steps, each one plain so that a reader can follow it:
    import are dropped), and back-ticked exported names link to their API entry.
 2. **Stage** the processed notebooks under `docs/_build/src`, named after nbdev's `output-file`
    (`distances.ipynb` -> `distances.html`, as `nbdev-docs` names them), with the home page's table of
-   contents and `experiments.md` (its "available yet?" column filled in from what exists now).
+   contents and `running.md` (its "available yet?" column filled in from what exists now).
 3. **Render** with Sphinx, myst-nb and sphinx-book-theme into `docs/_build/html`; the notebooks are not
    re-executed (`nb_execution_mode = "off"`): their saved outputs are shown.
 4. **Self-contain**: MathJax 3 (SVG output: no web fonts) is copied from the `django-static-mathjax`
@@ -231,8 +231,8 @@ def stage_notebook(fm, nb, symbols, here):
                       'language_info': {'name': 'python', 'pygments_lexer': 'ipython3'}}
     return nb
 
-def _experiments_md():
-    "docs/experiments.md with its `{{status}}` table filled in from what exists in the checkout now."
+def _running_md():
+    "docs/running.md with its `{{status}}` table filled in from what exists in the checkout now."
     mk = (ROOT/'Makefile').read_text() if (ROOT/'Makefile').exists() else ''
     proj = tomllib.loads((ROOT/'pyproject.toml').read_text()).get('project', {})
     scripts = proj.get('scripts', {})
@@ -242,7 +242,7 @@ def _experiments_md():
             ('`silhouette-nb` command', 'silhouette-nb' in scripts)]
     table = '| command | available in this build |\n| --- | --- |\n' + '\n'.join(
         f'| {n} | {"yes" if ok else "**not yet** (planned)"} |' for n, ok in rows)
-    return (DOCS/'experiments.md').read_text().replace('{{status}}', table)
+    return (DOCS/'running.md').read_text().replace('{{status}}', table)
 
 def _index_page(stems, has_index_nb):
     toc = '\n```{toctree}\n:hidden:\n:maxdepth: 1\n\n' + '\n'.join(stems) + '\n```\n'
@@ -346,8 +346,8 @@ def build(strict=False, jobs=2, quiet=True):
         stem = page_of[path]
         (SRC/f'{stem}.ipynb').write_text(json.dumps(stage_notebook(fm, nb, symbols, stem), indent=1))
         if stem != 'index': stems.append(stem)
-    (SRC/'experiments.md').write_text(_experiments_md())
-    stems.append('experiments')
+    (SRC/'running.md').write_text(_running_md())
+    stems.append('running')
     has_index = (NBS/'index.ipynb').exists()
     if has_index:
         nb = json.loads((SRC/'index.ipynb').read_text())

@@ -1,7 +1,7 @@
 """Sphinx configuration for the silhouette_nb site, built offline by `docs/build.py`.
 
 The sources Sphinx reads are staged by `build.py` in `docs/_build/src` (processed notebooks,
-`index`, `experiments.md`); this file is passed with `-c docs`. Everything the browser loads is
+`index`, `running.md`); this file is passed with `-c docs`. Everything the browser loads is
 served from the site itself: MathJax 3 (SVG output, no web fonts) is copied from the
 `django-static-mathjax` wheel, and no theme feature that reaches a CDN is switched on.
 """

@@ -203,7 +203,7 @@ def crawl(site):
 def test_pages_in_reading_order(crawl):
     base, meta, res = crawl
     nbs = sorted(p for p in NBS.glob('[0-9]*.ipynb') if p.name not in SKIPPED_NBS and p.stem not in SKIPPED_NBS)
-    assert len(meta['pages']) == len(nbs) + 2, (meta['pages'], nbs)   # + home, + experiments
+    assert len(meta['pages']) == len(nbs) + 2, (meta['pages'], nbs)   # + home, + running
     for page in meta['pages']: assert f'{page}.html' in res['pages'], f'{page}.html was not built'
     if (NBS/'20_results.ipynb').exists(): assert 'results.html' in res['pages']
     # the sidebar of the home page links every page, in the order of the notebooks' names
