@@ -33,7 +33,8 @@ def _outputs(cell):
         elif o['output_type'] in ('execute_result', 'display_data'):
             d = o.get('data', {})
             if 'text/markdown' in d: out.append(''.join(d['text/markdown']).strip('\n'))
-            elif 'text/plain' in d: out.append('```\n' + ''.join(d['text/plain']).rstrip('\n') + '\n```')
+            elif 'text/plain' in d and not ''.join(d['text/plain']).startswith('<IPython.core.display'):  # HTML-only (fastai's tables)
+                out.append('```\n' + ''.join(d['text/plain']).rstrip('\n') + '\n```')
     return out
 
 def render(nb_path=ROOT/'nbs'/'index.ipynb'):
