@@ -53,6 +53,7 @@ pytest: venv
 bench: venv
 	$(PY) benchmarks/bench_silhouette.py
 	$(PY) benchmarks/bench_supcon.py
+	$(PY) benchmarks/bench_large_batch.py --threads 1
 
 readme: venv
 	$(PY) tools/readme.py
