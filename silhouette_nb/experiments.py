@@ -17,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from fastprogress.fastprogress import progress_bar
 from fastai.torch_core import set_seed
 from fastcore.docments import docments
 from matplotlib.figure import Figure
 
 from . import __version__
+from .distances import world_size
+from .distributed import launch
 from .data import TENSOR_DATASETS, IMAGE_DATASETS, BalancedDL, get_dls
 from .objectives import OBJECTIVES
 from .learner import ENCODERS, WHOLE_SET_METRICS, evaluate, fit_objective, whole_set_metrics
@@ -61,6 +64,7 @@ class RunConfig:
     probe_epochs:int|None=None # 'supcon' only: epochs of the linear probe; `epochs` when None
     probe_lr:float|None=None # 'supcon' only: peak learning rate of the probe; 1e-2 when None
     mixed_precision:bool=False # train in float16 autocast on CUDA (ignored on the CPU)
+    nproc:int=1 # processes training data-parallel on the global batch of `bs` (gloo on the CPU, NCCL with a GPU each)
 
     def __post_init__(self):
         _check_choice('dataset', self.dataset, DATASETS)
@@ -73,7 +77,7 @@ class RunConfig:
             if self.probe_epochs is None: setv('probe_epochs', self.epochs)
             if self.probe_lr is None: setv('probe_lr', 1e-2)
         else: setv('probe_epochs', None); setv('probe_lr', None)
-        for k in ('seed', 'epochs', 'bs', 'n_train', 'n_valid', 'data_seed', 'dim', 'views', 'balanced', 'size', 'probe_epochs'):
+        for k in ('seed', 'epochs', 'bs', 'n_train', 'n_valid', 'data_seed', 'dim', 'views', 'balanced', 'size', 'probe_epochs', 'nproc'):
             v = getattr(self, k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)): raise ValueError(f"{k} must be an integer, got {v!r}")
             if v is not None and v < (0 if k in ('seed', 'data_seed') else 1): raise ValueError(f"{k} must be >= {0 if 'seed' in k else 1}, got {v}")
@@ -92,7 +96,9 @@ class RunConfig:
     @property
     def key(self)->str:
         "The first 12 hex digits of the SHA-1 of the configuration as sorted JSON."
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        d = asdict(self)
+        if d['nproc'] == 1: del d['nproc']   # one process: the keys recorded before `nproc` existed
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 # %% ../nbs/07_experiments.ipynb #c1eed058
 def _status_kb(field_name:str)->int|None:
@@ -133,15 +139,13 @@ def describe_device(device:str|torch.device)->str:
     return f"cpu ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
 
 # %% ../nbs/07_experiments.ipynb #03871ac5
-def train_and_evaluate(cfg:RunConfig, # the run
-                       path=None, # where the data lives (see `get_dls`); the defaults when None
-                       download:bool=False, # let torchvision download a missing dataset
-                       device:str|None=None, # 'cpu', 'cuda', 'cuda:1'...; the GPU when there is one
-                       num_workers:int|None=None, # data loader processes (image datasets); fastai's default when None
-                       quiet:bool=True, # no progress bars and no tables (a suite shows its own bar)
-                      )->dict: # the metrics, seconds per epoch, peak memory and device of the run
-    "Train `cfg` from scratch and evaluate it on the whole validation set."
-    device = device or _auto_device()
+def _train_here(cfg, path, download, device, num_workers, quiet):
+    "Train and evaluate `cfg` in this process; in a `torch.distributed` group its share of it (None on ranks > 0)."
+    world = world_size()
+    if world != cfg.nproc: raise ValueError(f"nproc={cfg.nproc} but this process is in a group of {world}")
+    rank = dist.get_rank() if world > 1 else 0
+    if world > 1 and torch.device(device).type == 'cuda' and torch.device(device).index is None:
+        device = f"cuda:{torch.cuda.current_device()}"
     with PeakMemory(device) as mem:
         set_seed(cfg.seed, reproducible=True)
         dls = get_dls(cfg.dataset, bs=cfg.bs, n_train=cfg.n_train, n_valid=cfg.n_valid, views=cfg.views,
@@ -157,15 +161,35 @@ def train_and_evaluate(cfg:RunConfig, # the run
         learn = fit_objective(dls, cfg.encoder, cfg.objective, epochs=cfg.epochs, lr=cfg.lr, quiet=quiet, dim=cfg.dim,
                               lam=cfg.lam, mu=cfg.mu, sil_temperature=cfg.sil_temperature,
                               supcon_temperature=cfg.supcon_temperature, sil_distance=cfg.sil_distance,
-                              corel_lam=cfg.corel_lam, seed=cfg.seed, wd=cfg.wd, metrics=(), cbs=cbs, **kw)
+                              corel_lam=cfg.corel_lam, seed=cfg.seed, wd=cfg.wd, metrics=(), cbs=cbs, distributed=world > 1, **kw)
         if torch.device(device).type == 'cuda': torch.cuda.synchronize(device)
         fit_s = time.perf_counter() - start
+        if rank > 0: return None   # rank 0 evaluates and reports
         learn.metrics = whole_set_metrics(WHOLE_SET_METRICS, seed=cfg.seed)
         res = evaluate(learn)
     n_epochs = cfg.epochs + (cfg.probe_epochs or 0)
     return {**{m: res.get(m) for m in WHOLE_SET_METRICS}, 'valid_loss': res['loss'], 'sec_per_epoch': fit_s / n_epochs,
-            'peak_mem_mib': mem.mib, 'start_mem_mib': mem.start_mib, 'mem_kind': mem.kind, 'device': describe_device(device),
+            'peak_mem_mib': mem.mib, 'start_mem_mib': mem.start_mib, 'mem_kind': mem.kind, 'device': describe_device(device) + (f' × {world} processes' if world > 1 else ''),
             'amp': bool(cbs)}
+def train_and_evaluate(cfg:RunConfig, # the run
+                       path=None, # where the data lives (see `get_dls`); the defaults when None
+                       download:bool=False, # let torchvision download a missing dataset
+                       device:str|None=None, # 'cpu', 'cuda', 'cuda:1'...; the GPU when there is one
+                       num_workers:int|None=None, # data loader processes (image datasets); fastai's default when None
+                       quiet:bool=True, # no progress bars and no tables (a suite shows its own bar)
+                      )->dict|None: # the metrics, seconds per epoch, peak memory and device of the run (None on ranks > 0)
+    "Train `cfg` from scratch and evaluate it on the whole validation set; on `cfg.nproc` processes if more than one."
+    device = device or _auto_device()
+    if cfg.nproc == 1 or world_size() > 1: return _train_here(cfg, path, download, device, num_workers, quiet)
+    backend = 'nccl' if torch.device(device).type == 'cuda' else 'gloo'
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1:   # started by torchrun: join its group
+        if backend == 'nccl': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+        dist.init_process_group(backend)
+        try: return _train_here(cfg, path, download, device, num_workers, quiet)
+        finally: dist.destroy_process_group()
+    return launch(_train_here, cfg.nproc, cfg, path, download, device, num_workers, quiet, backend=backend,
+                  threads=torch.get_num_threads(), timeout=7 * 24 * 3600)[0]
+
 
 # %% ../nbs/07_experiments.ipynb #bfc7f312
 def _clean(v):
@@ -241,7 +265,9 @@ def run_configs(configs:list, # `RunConfig`s, run in this order
     for cfg in pb:
         if cfg.dataset in missing: skipped += 1; continue
         t0 = time.perf_counter()
-        try: m = train_and_evaluate(cfg, path, download, device, num_workers, quiet)
+        try:
+            m = train_and_evaluate(cfg, path, download, device, num_workers, quiet)
+            if m is None: continue   # a rank > 0 under torchrun: rank 0 records the run
         except FileNotFoundError as e:
             missing[cfg.dataset] = str(e); skipped += 1
             n = sum(c.dataset == cfg.dataset for c in todo)
@@ -525,6 +551,7 @@ def make_parser()->argparse.ArgumentParser:
     s.add_argument('--objectives', nargs='+', default=None, help=f"only these objectives (any of {', '.join(OBJECTIVES)})")
     s.add_argument('--encoders', nargs='+', default=None, help=f"use these encoders (any of {', '.join(ENCODERS)})")
     s.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help="override a field of every run, e.g. --set epochs=1 (repeatable)")
+    s.add_argument('--nproc', type=int, default=None, help="train every run on this many processes (same as --set nproc=N)")
     s.add_argument('--list', action='store_true', help="print the runs and exit")
     s.add_argument('--verbose', action='store_true', help="show fastai's bars and tables for every run")
     s.add_argument('--no-bar', action='store_true', help="no progress bar over the runs (one line per run is printed anyway)")
@@ -536,6 +563,11 @@ def make_parser()->argparse.ArgumentParser:
     return p
 
 # %% ../nbs/07_experiments.ipynb #5da97d6d
+def _torchrun_nproc()->dict:
+    "Under `torchrun` (WORLD_SIZE > 1 in the environment), its number of processes as the runs' `nproc`."
+    n = int(os.environ.get('WORLD_SIZE', '1'))
+    return {'nproc': n} if n > 1 else {}
+
 def _setup(args):
     device = args.device or _auto_device()
     if torch.device(device).type == 'cpu': torch.set_num_threads(args.threads or 1)
@@ -543,7 +575,7 @@ def _setup(args):
     return dict(path=args.data_path, download=args.download, device=device, num_workers=args.workers)
 
 def _cmd_run(args, log):
-    given = {f.name: _parse_field(f.name, getattr(args, f.name)) for f in fields(RunConfig) if getattr(args, f.name) is not None}
+    given = {**_torchrun_nproc(), **{f.name: _parse_field(f.name, getattr(args, f.name)) for f in fields(RunConfig) if getattr(args, f.name) is not None}}
     cfg = RunConfig(**given)
     results = Path(args.out)/'results.jsonl'
     if cfg.key in recorded_keys(results) and not args.force:
@@ -554,6 +586,7 @@ def _cmd_run(args, log):
     try: m = train_and_evaluate(cfg, quiet=not args.verbose, **kw)
     except FileNotFoundError as e:
         log(f"skipped: the files of {cfg.dataset} are missing. {e}"); return 1
+    if m is None: return 0   # a rank > 0 under torchrun: rank 0 records the run
     row = result_row(cfg, m, None, time.perf_counter() - t0)
     append_row(results, row)
     log(_run_line(cfg, row)); log(f"recorded as {cfg.key} in {results}")
@@ -562,12 +595,11 @@ def _cmd_run(args, log):
 def _cmd_suite(args, log):
     _check_choice('suite', args.name, tuple(SUITES))
     suite = SUITES[args.name]
-    cfgs = suite.configs(seeds=args.seeds, datasets=args.datasets, objectives=args.objectives, encoders=args.encoders,
-                         **_parse_sets(args.set))
+    sets = {**_torchrun_nproc(), **_parse_sets(args.set), **({'nproc': args.nproc} if args.nproc is not None else {})}
+    cfgs = suite.configs(seeds=args.seeds, datasets=args.datasets, objectives=args.objectives, encoders=args.encoders, **sets)
     results = Path(args.out or Path('results')/args.name)/'results.jsonl'
     if args.list:
-        log(suite.table(seeds=args.seeds, datasets=args.datasets, objectives=args.objectives, encoders=args.encoders,
-                        **_parse_sets(args.set)))
+        log(suite.table(seeds=args.seeds, datasets=args.datasets, objectives=args.objectives, encoders=args.encoders, **sets))
         done = recorded_keys(results)
         log(f"{sum(c.key in done for c in cfgs)} of them already in {results}")
         return 0

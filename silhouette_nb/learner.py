@@ -8,7 +8,7 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/learner.html.md"""
 __all__ = ['ENCODERS', 'WHOLE_SET_METRICS', 'cnn_encoder', 'mlp_encoder', 'efficientnet_b0_encoder', 'resnet18_encoder',
            'make_encoder', 'EmbeddingNet', 'ViewsCrossEntropy', 'ObjectiveCallback', 'ObjectiveTerm', 'knn_accuracy',
            'EmbeddingStore', 'WholeSetMetric', 'whole_set_metrics', 'embedding_learner', 'evaluate', 'FrozenEncoder',
-           'linear_probe', 'supcon_two_stage', 'fit_objective', 'get_embeddings']
+           'linear_probe', 'supcon_two_stage', 'fit_objective', 'get_embeddings', 'DistributedTraining']
 
 # %% ../nbs/06_learner.ipynb #bc7419a8
 import copy, warnings
@@ -25,12 +25,15 @@ with warnings.catch_warnings():  # fastai 2.8's imports warn about torch.jit.scr
     warnings.simplefilter('ignore')
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner, Metric
-    from fastai.callback.core import Callback
+    from fastai.callback.core import Callback, CancelValidException
     from fastai.callback.training import GradientAccumulation
     from fastai.callback.schedule import fit_one_cycle, lr_find
     from fastai.callback.progress import ProgressCallback
     from fastai.optimizer import Adam
-    from fastai.torch_core import find_bs
+    from fastai.torch_core import find_bs, to_detach
+import torch.distributed as dist
+from .distances import world_size
+from .distributed import shard_rows
 from .silhouette import silhouette_score
 from .objectives import OBJECTIVES, Objective, make_objective
 
@@ -315,6 +318,7 @@ def embedding_learner(dls:DataLoaders, # e.g. from `get_dls`; SupCon wants multi
                       opt_func=Adam, # fastai optimiser
                       lr:float=1e-3, # default learning rate
                       cbs:list|Callback|None=None, # more callbacks
+                      distributed:bool=False, # train data-parallel when run in a `torch.distributed` group (`DistributedTraining`)
                       **kwargs, # to `Learner`, e.g. wd=0.01, path=...
                      )->Learner:
     "A fastai `Learner` training an `EmbeddingNet` with `objective`, logging each term and the whole-set metrics."
@@ -338,7 +342,7 @@ def embedding_learner(dls:DataLoaders, # e.g. from `get_dls`; SupCon wants multi
     whole = iter(whole_set_metrics(tuple(names), normalize=normalize, knn_k=knn_k, kmeans_n_init=kmeans_n_init))
     mets = [ObjectiveTerm(t) for t in obj.terms] + [next(whole) if isinstance(m, str) else m for m in metrics]
     return Learner(dls, model, loss_func=ViewsCrossEntropy(), opt_func=opt_func, lr=lr, metrics=mets,
-                   cbs=[ObjectiveCallback(obj), *L(cbs)], **kwargs)
+                   cbs=[ObjectiveCallback(obj), *([DistributedTraining()] if distributed else []), *L(cbs)], **kwargs)
 
 # %% ../nbs/06_learner.ipynb #14d05c3f
 def evaluate(learn:Learner, # a learner from `embedding_learner` (or `linear_probe`)
@@ -425,3 +429,60 @@ def get_embeddings(learn:Learner, # a learner whose model is an `EmbeddingNet`
         for xb, yb in dl: outs.append(model.embed(xb)[space].float().cpu()); ys.append(yb.cpu())
     model.train(was_training)
     return torch.cat(outs), torch.cat(ys)
+
+# %% ../nbs/06_learner.ipynb #1dec7875
+def _local_detach(b, cpu=True, gather=True):
+    "fastai's `to_detach` without its all-gather: the validation pass runs on one process only."
+    return to_detach(b, cpu, gather=False)
+
+class DistributedTraining(Callback):
+    "Data-parallel training in a `torch.distributed` group: each process trains on its rows of every global batch."
+    order = ObjectiveCallback.order + 1
+    def _params(self):
+        seen, out = set(), []
+        for p in [*self.learn.model.parameters(), *self.learn.objective.objective.parameters()]:
+            if id(p) not in seen: seen.add(id(p)); out.append(p)
+        return out
+
+    def _broadcast(self, tensors):
+        for t in tensors: dist.broadcast(t.data, 0)
+
+    def before_fit(self):
+        self.world, self.rank = world_size(), (dist.get_rank() if world_size() > 1 else 0)
+        self.gather_was = self.learn.objective.objective.gather
+        if self.world < 2: return
+        bs = getattr(self.dls.train, 'bs', None)
+        if bs is not None and bs < self.world:
+            raise ValueError(f"the global batch ({bs}) must have at least one row per process ({self.world} processes)")
+        self.learn.to_detach = _local_detach   # fastai gathers its logged values whenever WORLD_SIZE is set
+        self.synced = False   # before_fit also runs in `validate`, on rank 0 alone: no collective here
+
+    def before_train(self):
+        if self.world < 2: return
+        if not self.synced: self._broadcast([*self._params(), *self.learn.model.buffers()]); self.synced = True
+        self.learn.objective.objective.gather = True
+
+    def before_batch(self):
+        if self.world < 2 or not self.training: return
+        rows = shard_rows(find_bs(self.yb), self.rank, self.world)
+        self.learn.xb = tuple(x[rows] for x in self.xb)
+        self.learn.yb = tuple(y[rows] for y in self.yb)
+
+    def after_backward(self):
+        if self.world < 2: return
+        ps = [p for p in self._params() if p.grad is not None]
+        if not ps: return
+        flat = torch.cat([p.grad.reshape(-1) for p in ps])
+        dist.all_reduce(flat)
+        flat /= self.world
+        for p, g in zip(ps, flat.split([p.numel() for p in ps])): p.grad.copy_(g.view_as(p.grad))
+
+    def before_validate(self):
+        self.learn.objective.objective.gather = False
+        if self.world > 1 and self.rank != 0: raise CancelValidException()
+
+    def after_train(self):
+        if self.world > 1: self._broadcast(list(self.learn.model.buffers()))   # rank 0's batch-norm statistics
+
+    def after_fit(self): self.learn.objective.objective.gather = self.gather_was
+

@@ -129,6 +129,7 @@ class Objective(nn.Module):
                  supcon_temperature:float=0.1, # tau of SupCon
                  sil_distance:str='euclidean', # distance of the silhouette: 'euclidean', 'sqeuclidean' or 'cosine'
                  corel_lam:float=0.5, # COREL's attraction weight, in [0, 1]
+                 gather:bool=False, # under torch.distributed: silhouette, SupCon and COREL see the global batch
                 ):
         super().__init__()
         self.spec = _parse_spec(spec)
@@ -143,11 +144,19 @@ class Objective(nn.Module):
         self.weights = {t: 1. if single or t == 'ce' else {'sil': lam, 'supcon': mu, 'center': lam}[t] for t in self.terms}
         self.needs = frozenset().union(*(_NEEDS[t] for t in self.terms))
         self.needs_positives = 'supcon' in self.terms
-        self.sil = SoftSilhouetteLoss(sil_temperature, sil_distance) if 'sil' in self.terms else None
-        self.supcon = SupConLoss(supcon_temperature) if 'supcon' in self.terms else None
+        self.sil = SoftSilhouetteLoss(sil_temperature, sil_distance, gather=gather) if 'sil' in self.terms else None
+        self.supcon = SupConLoss(supcon_temperature, gather=gather) if 'supcon' in self.terms else None
         self.head = {'proxynca': lambda: ProxyNCALoss(n_classes, dim), 'ce+center': lambda: CenterLoss(n_classes, dim),
-                     'corel-gaussian': lambda: GaussianCOREL(n_classes, dim, lam=corel_lam),
-                     'corel-cosine': lambda: CosineCOREL(n_classes, dim, lam=corel_lam)}.get(self.spec, lambda: None)()
+                     'corel-gaussian': lambda: GaussianCOREL(n_classes, dim, lam=corel_lam, gather=gather),
+                     'corel-cosine': lambda: CosineCOREL(n_classes, dim, lam=corel_lam, gather=gather)}.get(self.spec, lambda: None)()
+
+    @property
+    def gather(self)->bool: return any(getattr(m, 'gather', False) for m in (self.sil, self.supcon, self.head))
+    @gather.setter
+    def gather(self, on:bool):
+        "Switch the global-batch terms on or off together (e.g. off for a validation pass on one process)."
+        for m in (self.sil, self.supcon, self.head):
+            if m is not None and hasattr(m, 'gather'): m.gather = bool(on)
 
     def extra_repr(self): return f"spec={self.spec!r}, n_classes={self.n_classes}, dim={self.dim}, weights={self.weights}"
 
@@ -161,9 +170,10 @@ def make_objective(spec:str, # one of `OBJECTIVES`, e.g. 'ce+sil'
                    supcon_temperature:float=0.1, # tau of SupCon
                    sil_distance:str='euclidean', # distance of the silhouette: 'euclidean', 'sqeuclidean' or 'cosine'
                    corel_lam:float=0.5, # COREL's attraction weight, in [0, 1]
+                   gather:bool=False, # under torch.distributed: silhouette, SupCon and COREL see the global batch
                   )->Objective:
     "The `Objective` named by `spec`; an unknown spec is a `ValueError` listing the valid ones."
-    return Objective(spec, n_classes, dim, lam, mu, sil_temperature, supcon_temperature, sil_distance, corel_lam)
+    return Objective(spec, n_classes, dim, lam, mu, sil_temperature, supcon_temperature, sil_distance, corel_lam, gather)
 
 # %% ../nbs/04_objectives.ipynb #4d49ab30
 @patch
