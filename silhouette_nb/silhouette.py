@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .distances import (unit_rows, check_batch, pairwise_distances, encode_labels, one_hot, class_counts, euclidean_class_sums,
+from .distances import (unit_rows, check_distance, check_batch, pairwise_distances, encode_labels, one_hot, class_counts, euclidean_class_sums,
                                      mean_distance_to_classes, mean_sqeuclidean_to_classes, DISTANCES, class_distance_sums,
                                      check_chunk_size, gather_batch, global_mean, world_size)
 
@@ -27,7 +27,7 @@ def class_mean_distances(x:Tensor, # (B, d) embeddings, already checked
                          chunk_size:int|None=None, # row blocks for 'euclidean'/'cosine' (no B x B matrix); None: unchunked
                         )->tuple: # (M (n, K) mean distances m_i(c) of the n rows, Y (n, K) their one-hot rows)
     "Mean distance from every sample (of `rows`) to every class in the batch, own class leaving the sample out."
-    if distance not in DISTANCES: raise ValueError(f"unknown distance {distance!r}; choose one of {sorted(DISTANCES)}")
+    check_distance(distance)
     Y = one_hot(codes, n_classes, x.dtype)
     if rows is None and chunk_size is None:
         if distance == 'sqeuclidean': return mean_sqeuclidean_to_classes(x, Y), Y
@@ -89,9 +89,13 @@ def soft_min(m:Tensor, # (B, K) values, +inf where a column must be ignored
     return -temperature * (torch.logsumexp(-m / temperature, dim) - torch.log(k))
 
 # %% ../nbs/01_silhouette.ipynb #b45ebaff
+def _check_temperature(temperature):
+    if not temperature > 0: raise ValueError(f"temperature must be positive, got {temperature}")
+    return temperature
+
 def _soft_samples(x, y, temperature, distance, rows=None, chunk_size=None):
     "Soft silhouette of the samples `rows` (all when None) within the batch (x, y)."
-    if not temperature > 0: raise ValueError(f"temperature must be positive, got {temperature}")
+    _check_temperature(temperature)
     M, Y, n_own = _prepare(x, y, distance, rows, chunk_size)
     a, other = _own_other(M, Y)
     return _silhouette_from(a, soft_min(other, temperature), n_own)
@@ -124,8 +128,8 @@ def soft_silhouette_loss(embeddings:Tensor, # (B, d) embeddings
                          chunk_size:int|None=None, # rows per block (no B x B matrix); None: unchunked
                         )->Tensor: # scalar loss 1 - S_tau, 0 for a single-class batch
     "Soft Silhouette Loss: one minus the soft silhouette coefficient of the batch."
-    if not temperature > 0: raise ValueError(f"temperature must be positive, got {temperature}")
-    if distance not in DISTANCES: raise ValueError(f"unknown distance {distance!r}; choose one of {sorted(DISTANCES)}")
+    _check_temperature(temperature)
+    check_distance(distance)
     x, y = check_batch(embeddings, labels)
     check_chunk_size(chunk_size)
     if normalize: x = unit_rows(x)
@@ -145,8 +149,8 @@ class SoftSilhouetteLoss(nn.Module):
                  chunk_size:int|None=None, # rows per block (no B x B matrix); None: unchunked
                 ):
         super().__init__()
-        if not temperature > 0: raise ValueError(f"temperature must be positive, got {temperature}")
-        if distance not in DISTANCES: raise ValueError(f"unknown distance {distance!r}; choose one of {sorted(DISTANCES)}")
+        _check_temperature(temperature)
+        check_distance(distance)
         self.temperature, self.distance, self.normalize = temperature, distance, normalize
         self.gather, self.chunk_size = bool(gather), check_chunk_size(chunk_size)
 
