@@ -32,7 +32,7 @@ with warnings.catch_warnings():  # fastai 2.8's imports warn about torch.jit.scr
     from fastai.optimizer import Adam
     from fastai.torch_core import find_bs, to_detach
 import torch.distributed as dist
-from .distances import world_size
+from .distances import world_size, unit_rows
 from .distributed import shard_rows
 from .silhouette import silhouette_score
 from .objectives import OBJECTIVES, Objective, make_objective
@@ -109,7 +109,7 @@ def make_encoder(name:str, # a name in `ENCODERS`
 def _head_logits(head, z):
     "Logits from an objective's head: COREL's `logits`; minus the distances to the proxies of a PML proxy loss."
     if hasattr(head, 'logits'): return head.logits(z)
-    return -head.get_logits(F.normalize(z.float(), dim=-1))
+    return -head.get_logits(unit_rows(z.float()))   # normalised as in `Objective`: a zero row stays 0
 
 def _predicts(head)->bool: return head is not None and (hasattr(head, 'logits') or hasattr(head, 'get_logits'))
 
