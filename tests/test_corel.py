@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from silhouette_nb.corel import (CosineCOREL, GaussianCOREL, check_corel_batch, cosine_corel_logits,
-                                 cosine_corel_loss, gaussian_corel_logits, gaussian_corel_loss)
+from silhouette_nb.corel import (CosineCOREL, GaussianCOREL, cosine_corel_logits, cosine_corel_loss, gaussian_corel_logits, gaussian_corel_loss)
+from silhouette_nb.validation import check_corel_batch
 
 
 # ---------------------------------------------------------------- oracles: the formulas, one sample and class at a time

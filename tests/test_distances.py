@@ -6,9 +6,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, assume, HealthCheck, strategies as st
 
-from silhouette_nb.distances import (DISTANCES, check_batch, class_counts, class_means, class_sums, compute_dtype,
-                                     cosine, encode_labels, euclidean, euclidean_class_sums, mean_distance_to_classes,
-                                     mean_sqeuclidean_to_classes, one_hot, pairwise_distances, sq_euclidean)
+from silhouette_nb.distances import (DISTANCES, class_counts, class_means, class_sums, cosine, encode_labels, euclidean, euclidean_class_sums, mean_distance_to_classes, mean_sqeuclidean_to_classes, one_hot, pairwise_distances, sq_euclidean)
+from silhouette_nb.validation import check_batch, compute_dtype
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

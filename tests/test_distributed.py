@@ -16,12 +16,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from silhouette_nb.distances import (gather_batch, global_mean, world_size, class_distance_sums, pairwise_distances,
-                                     one_hot, check_chunk_size, DISTANCES)
+from silhouette_nb.process_group import gather_batch, global_mean, world_size
+from silhouette_nb.distances import class_distance_sums, pairwise_distances, one_hot, check_chunk_size, DISTANCES
 from silhouette_nb.silhouette import SoftSilhouetteLoss, soft_silhouette_loss, silhouette_score, soft_silhouette_score
 from silhouette_nb.supcon import SupConLoss, supcon_loss, supcon_anchor_losses, gram_logsumexp, chunked_gram_logsumexp
 from silhouette_nb.corel import GaussianCOREL, CosineCOREL, gaussian_corel_loss, cosine_corel_loss
-from silhouette_nb.distributed import launch, shard_rows, free_port
+from silhouette_nb.process_group import launch, shard_rows, free_port
 
 TOL = 1e-6
 B, D, K = 23, 6, 4

@@ -11,9 +11,11 @@ import pytest
 import torch
 from fastai.torch_core import set_seed
 from silhouette_nb.data import get_dls
-from silhouette_nb.distributed import launch, free_port
+from silhouette_nb.process_group import launch, free_port
 from silhouette_nb.learner import embedding_learner
-from silhouette_nb.experiments import RunConfig, main, read_rows
+from silhouette_nb.config import RunConfig
+from silhouette_nb.cli import main
+from silhouette_nb.runner import read_rows
 
 OBJECTIVES = ('ce+sil', 'corel-gaussian', 'ce+sil+supcon')
 

@@ -1,4 +1,4 @@
-"""Tests of `silhouette_nb.experiments` and the `silhouette-nb` command: a tiny suite run through the console script,
+"""Tests of the runner (`config`, `runner`, `report`, `cli`) and the `silhouette-nb` command: a tiny suite run through the console script,
 interrupted (SIGINT, then SIGKILL) after a row appears and resumed (no duplicate, no lost row); the report (tables and
 PNGs hold the numbers of the rows); configuration errors (clear message naming the valid choices, exit status 2);
 determinism on the CPU; and the `paper` suite end to end on tiny fixture files of its seven datasets, one epoch.
@@ -13,11 +13,13 @@ import torch
 from PIL import Image
 from torchvision import datasets as tvd
 
-from silhouette_nb.experiments import (PAPER, QUICK, SUITES, RunConfig, append_row, main, read_rows, result_row,
-                                       train_and_evaluate, write_report)
+from silhouette_nb.config import PAPER, QUICK, SUITES, RunConfig
+from silhouette_nb.runner import append_row, read_rows, result_row, train_and_evaluate
+from silhouette_nb.cli import main
+from silhouette_nb.report import write_report
 
 SCRIPT = Path(sys.executable).parent/'silhouette-nb'
-CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, '-c', 'import sys; from silhouette_nb.experiments import main; sys.exit(main())']
+CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, '-c', 'import sys; from silhouette_nb.runner import main; sys.exit(main())']
 ENV = {**os.environ, 'MPLBACKEND': 'Agg', 'PYTHONUNBUFFERED': '1'}
 
 # a tiny slice of the quick suite: digits, 3 objectives x 2 seeds, 300 training samples, 2 epochs

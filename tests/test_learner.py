@@ -20,9 +20,9 @@ with warnings.catch_warnings():   # fastai 2.8's imports warn about torch.jit.sc
 
 from silhouette_nb import data as sdata
 from silhouette_nb.data import get_dls
-from silhouette_nb.learner import (EmbeddingNet, FrozenEncoder, ObjectiveCallback, ViewsCrossEntropy, WholeSetMetric,
-                                   embedding_learner, evaluate, get_embeddings, knn_accuracy, linear_probe,
-                                   make_encoder, supcon_two_stage, whole_set_metrics)
+from silhouette_nb.learner import (EmbeddingNet, FrozenEncoder, ObjectiveCallback, ViewsCrossEntropy, embedding_learner, evaluate, get_embeddings, linear_probe, supcon_two_stage)
+from silhouette_nb.metrics import WholeSetMetric, knn_accuracy, whole_set_metrics
+from silhouette_nb.encoders import make_encoder
 from silhouette_nb.objectives import OBJECTIVES, make_objective
 
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from pytorch_metric_learning.losses import ProxyNCALoss
 
 from silhouette_nb.corel import CosineCOREL, GaussianCOREL
-from silhouette_nb.objectives import OBJECTIVES, CenterLoss, Objective, center_loss, make_objective
+from silhouette_nb.objectives import OBJECTIVES, Objective, make_objective
+from silhouette_nb.heads import CenterLoss, center_loss
 from silhouette_nb.silhouette import soft_silhouette_loss
 from silhouette_nb.supcon import flatten_views, supcon_loss
 

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, assume, HealthCheck, strategies as st
 
 from silhouette_nb.distances import DISTANCES, encode_labels, one_hot, mean_distance_to_classes
-from silhouette_nb.silhouette import (SoftSilhouetteLoss, class_mean_distances, silhouette_samples, silhouette_score,
-                                      soft_min, soft_silhouette_loss, soft_silhouette_samples, soft_silhouette_score)
+from silhouette_nb.silhouette import (SoftSilhouetteLoss, class_mean_distances, silhouette_samples, silhouette_score, soft_min, soft_silhouette_loss, soft_silhouette_samples, soft_silhouette_score)
 
 SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DIST_NAMES = sorted(DISTANCES)
