@@ -177,6 +177,12 @@ def _entry_name(cell):
         m = re.search(r'^#{2,6}[ \t]+(\S+)', o.get('data', {}).get('text/markdown', ''), re.MULTILINE)
         if m: return m.group(1)
 
+def _page_summary(desc):
+    """The notebook's `> summary` line as a rubric of class `page-summary`, in a colon fence: a backtick
+    fence's info string may not hold a backtick (CommonMark), so a summary that quotes code (`DataLoaders`)
+    would leave the fence as text and open an empty code block where it closes."""
+    return f":::{{rubric}} {' '.join(str(desc).split())}\n:class: page-summary\n:::\n"
+
 def stage_notebook(fm, nb, symbols, here):
     "Turn nbdev's output into what myst-nb reads: a title cell, tags for hidden input/output, linked names."
     cells = []
@@ -184,7 +190,7 @@ def stage_notebook(fm, nb, symbols, here):
         if c['cell_type'] == 'raw':   # nbdev's front matter: the page title and summary
             if not fm.get('title'): continue
             md = f"# {fm['title']}\n"
-            if fm.get('description'): md += f"\n```{{rubric}} {fm['description']}\n:class: page-summary\n```\n"
+            if fm.get('description'): md += '\n' + _page_summary(fm['description'])
             cells.append({'cell_type': 'markdown', 'metadata': {}, 'source': md}); continue
         if c['cell_type'] == 'markdown':
             if c['source'].startswith('<!-- WARNING'): continue

@@ -66,3 +66,26 @@ html_theme_options = {
     'extra_footer': f"<p>{_meta['description']}</p>",
 }
 html_context = {'default_mode': 'light'}
+
+# --- code: each line of highlighted code in a span that knows its indentation, so that a long line
+# wraps (custom.css) with its continuation indented past the line's own start, not back at column 0 ---
+import re
+from pygments.formatters import HtmlFormatter
+
+class IndentedLines(HtmlFormatter):
+    "Pygments' HTML, each source line in `<span class=\"code-line\" style=\"--indent: N\">`; the text is unchanged."
+    def wrap(self, source):
+        def lines():
+            for is_line, html in source:
+                if is_line:
+                    body = html.rstrip('\n')
+                    text = re.sub(r'<[^>]*>', '', body)
+                    html = f'<span class="code-line" style="--indent: {len(text) - len(text.lstrip(" "))}">{body}</span>{html[len(body):]}'
+                yield is_line, html
+        return super().wrap(lines())
+
+def _indented_lines(app):
+    if getattr(app.builder, 'highlighter', None) is not None: app.builder.highlighter.formatter = IndentedLines
+
+def setup(app):
+    app.connect('builder-inited', _indented_lines)

@@ -4,7 +4,10 @@ The site is built by `docs/build.py` (reused when `docs/_build/html` is newer th
 from 127.0.0.1 on a free port, and crawled once; each test below checks one property of that crawl:
 no console errors, every image loaded, every internal link (and anchor) resolves, math typeset by the
 local MathJax, an API entry for every name in each module's `__all__`, no request for another host,
-search finds pages. Screenshots of the home and silhouette pages go to `docs/_build/screenshots/`.
+search finds pages, and every page renders what its notebook says (`rendering_problems`: no MyST or
+Markdown syntax shown as text, no empty code block, no code cut off; source code wraps). Small hand-made
+pages check that `rendering_problems` sees each of those. Screenshots of the home and silhouette pages go
+to `docs/_build/screenshots/`.
 
 Chromium comes from Debian (`apt-get install chromium chromium-driver`). Without it the tests skip,
 except under CI (`CI=true`), where they fail.
@@ -12,7 +15,7 @@ except under CI (`CI=true`), where they fail.
 import ast, functools, http.server, json, os, re, shutil, socket, subprocess, sys, tempfile, threading, time
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 from urllib.request import urlopen
 from urllib.error import HTTPError
 
@@ -156,6 +159,93 @@ def _full_screenshot(d, path, max_h=7000):
     path.write_bytes(d.get_screenshot_as_png())
     d.execute_cdp_cmd('Emulation.clearDeviceMetricsOverride', {})
 
+# ---------------------------------------------------------------------------------------------
+# what a reader sees: no markup left as text, no code cut off (checked on every page of the crawl)
+
+# MyST or Markdown syntax that, seen as text outside code, means the page shows a notebook's source,
+# not what it says: (what it is, pattern).
+LEAKS = [('a code fence', r'```|~~~|:::'),
+         ('a MyST directive or role', r'(?<![\w^_\\])\{[a-z][\w.:-]*\}'),
+         ('TeX (math not typeset)', r'\\[a-zA-Z]{2,}|\$(?=[^\s\d$])'),
+         ('a directive option or role', r'(?<![\w:]):[a-z][\w-]*:(?=[\s`]|$)'),
+         ('display math delimiters', r'\$\$'),
+         ('a Markdown link', r'\[[^\]\n]+\]\([^)\s]+\)'),
+         ('a Markdown heading', r'^\s*#{1,6}[ \t]+\S'),
+         ('Markdown emphasis', r'\*\*\S(?:[^*\n]*\S)?\*\*')]
+
+def leaked_markup(texts):
+    "[(what, text, excerpt around it)] for each piece of `texts` (visible text outside code) holding one of `LEAKS`."
+    res = []
+    for t in texts:
+        for what, pat in LEAKS:
+            if m := re.search(pat, t, re.MULTILINE):
+                res.append((what, t, ' '.join(t[max(0, m.start() - 50):m.end() + 50].split())))
+    return res
+
+_RENDERING = """
+const visible = e => e.checkVisibility ? e.checkVisibility({visibilityProperty: true})
+                                       : !!(e.offsetWidth || e.offsetHeight || e.getClientRects().length);
+const where = e => { const p = [];
+  for (; e && e !== document.body && p.length < 4; e = e.parentElement)
+    p.unshift(e.tagName.toLowerCase() + (typeof e.className === 'string' && e.className.trim()
+              ? '.' + e.className.trim().split(/\\s+/).join('.') : ''));
+  return p.join(' > '); };
+// visible text outside code, one text node at a time (code shows source on purpose; MathJax owns .math)
+const prose = [];
+const tw = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+while (tw.nextNode()) {
+  const n = tw.currentNode, el = n.parentElement;
+  if (!el || !n.nodeValue.trim() || !visible(el) ||
+      el.closest('pre, code, kbd, samp, script, style, noscript, textarea, template, .math, mjx-container')) continue;
+  prose.push([n.nodeValue, where(el)]);
+}
+// code blocks: content overflowing a box that hides it (not scrollable) is cut off. Follow each block's
+// content out through its ancestors: a scrolling box keeps what overflows it reachable, a hiding one loses it.
+const hides = v => v === 'hidden' || v === 'clip', scrolls = v => v === 'auto' || v === 'scroll';
+const AXES = [['right', 'left', 'Width', 'Left', 'overflowX'], ['bottom', 'top', 'Height', 'Top', 'overflowY']];
+function cutOffBy(pre) {
+  for (const [far, near, Size, Side, ov] of AXES) {
+    const s = getComputedStyle(pre)[ov], r = pre.getBoundingClientRect();
+    if (pre['scroll' + Size] > pre['client' + Size] + 1 && hides(s)) return [pre, far];
+    let end = scrolls(s) ? r[far] : Math.max(r[far], r[near] + pre['client' + Side] + pre['scroll' + Size]);
+    for (let a = pre.parentElement; a && a !== document.body && a !== document.documentElement; a = a.parentElement) {
+      const ra = a.getBoundingClientRect(), v = getComputedStyle(a)[ov];
+      if (end <= ra[near] + a['client' + Side] + a['client' + Size] + 1) continue;
+      if (hides(v)) return [a, far];
+      if (scrolls(v)) end = ra[far];
+    }
+    // the window scrolls to the rest, unless the page hides its overflow (html's, or body's passed up to it)
+    const root = getComputedStyle(document.documentElement)[ov];
+    const page = root === 'visible' ? getComputedStyle(document.body)[ov] : root;
+    if (hides(page) && end > document.documentElement['client' + Size] + 1) return [document.documentElement, far];
+  }
+  return null;
+}
+const code = [];
+for (const pre of document.querySelectorAll('pre')) {
+  if (!visible(pre)) continue;
+  const text = pre.textContent.trim().split('\\n')[0].slice(0, 60);
+  if (!text) { code.push(['an empty code block', where(pre), '']); continue; }
+  const cut = cutOffBy(pre);
+  if (cut) code.push([`code cut off at the ${cut[1]} (hidden by ${cut[0] === pre ? 'the block itself' : where(cut[0])})`,
+                      where(pre), text]);
+  // source code wraps (custom.css); only outputs (columns of numbers, logs) may scroll sideways
+  else if (!pre.closest('.output') && pre.scrollWidth > pre.clientWidth + 1)
+    code.push([`source code running ${pre.scrollWidth - pre.clientWidth}px past the right edge (it should wrap)`,
+               where(pre), text]);
+}
+return {prose, code};
+"""
+
+def rendering_problems(d):
+    """What a reader of the page open in driver `d` would see wrong, one line each: MyST or Markdown syntax
+    left as text outside code (`LEAKS`), an empty code block, code cut off (it overflows a box that hides
+    it: it can be neither seen nor scrolled to), or source code that scrolls sideways instead of wrapping."""
+    r = d.execute_script(_RENDERING)
+    where = {t: w for t, w in r['prose']}
+    return ([f'{what} shown as text in {where[t]}: {x!r}' for what, t, x in leaked_markup(list(where))] +
+            [f'{what} in {w}' + (f': {t!r}' if t else '') for what, w, t in r['code']])
+
 @pytest.fixture(scope='module')
 def crawl(site):
     base, meta = site
@@ -175,6 +265,7 @@ def crawl(site):
                   .then(() => done(0));""")
             facts = d.execute_script(_PAGE_FACTS)
             facts['mathjax'] = ready
+            facts['rendering'] = rendering_problems(d)
             facts['console'] = [e for e in d.get_log('browser') if e['level'] in ('SEVERE', 'ERROR')]
             res['pages'][name] = facts
             _requests(d.get_log('performance'), res['requests'], res['responses'], name)
@@ -326,3 +417,69 @@ def test_quarto_config_is_nbdevs():
     assert q['project']['type'] == 'website' and 'nbdev.yml' in q['metadata-files']
     for css in [q['format']['html'].get('css')] if q['format']['html'].get('css') else []:
         assert (NBS/css).exists(), f'nbs/_quarto.yml names {css}, which is missing'
+
+# ---------------------------------------------------------------------------------------------
+# the rendering check, on every page of the site and on small pages made to fail it
+
+def test_pages_render_what_the_notebooks_say(crawl):
+    "No page shows MyST/Markdown syntax as text, an empty code block, or code cut off or scrolling sideways."
+    _, _, res = crawl
+    bad = {p: f['rendering'] for p, f in res['pages'].items() if f['rendering']}
+    assert not bad, '\n'.join(f'{p}: {x}' for p, xs in bad.items()
+                               for x in xs[:8] + ([f'... and {len(xs) - 8} more'] if len(xs) > 8 else []))
+
+@pytest.fixture(scope='module')
+def browser():
+    "A browser for hand-made pages (after the crawl, whose own browser is closed by then)."
+    _need_browser()
+    d = _driver()
+    try: yield d
+    finally: d.quit(); shutil.rmtree(d.profile_dir, ignore_errors=True)
+
+def _problems_of(d, html):
+    d.get('data:text/html;charset=utf-8,' + quote(f'<!doctype html><html><body>{html}</body></html>'))
+    return rendering_problems(d)
+
+def test_rendering_check_sees_leaked_markup(browser):
+    "The page summary as it rendered on the data page before the fix: the directive left as text, then an empty code block."
+    leaked = _problems_of(browser, """<article><h1>Data</h1>
+        <p>```{rubric} fastai <code>DataLoaders</code> for Fashion-MNIST and digits
+        :class: page-summary</p>
+        <div class="highlight-default"><div class="highlight"><pre><span></span>
+        </pre></div></div>
+        <p>and formulas left as $$ x^2 $$ and, cut by a list, $S_{ik} = 2\\gamma</p>
+        <pre class="source">md = "```{rubric} quoted\\n:class: in code, $$ fine $$\\n```"</pre></article>""")
+    print('\n'.join(leaked))
+    assert any('MyST directive' in x and '{rubric}' in x for x in leaked), leaked
+    assert any('code fence' in x for x in leaked) and any('directive option' in x and ':class:' in x for x in leaked), leaked
+    assert any('display math' in x for x in leaked) and any('an empty code block' in x for x in leaked), leaked
+    assert any('TeX' in x and 'S_{ik}' in x for x in leaked), leaked
+    assert not [x for x in leaked if 'source' in x or 'quoted' in x], 'code may show markup: it is source'
+    rendered = _problems_of(browser, """<article><h1>Data</h1>
+        <p class="page-summary rubric">fastai <code>DataLoaders</code> for Fashion-MNIST and digits</p>
+        <p>Math, links, headings: <span class="math">\\(x^2\\)</span>, <a href="#a">a link</a>.</p></article>""")
+    assert rendered == [], rendered
+
+def test_rendering_check_sees_code_cut_off(browser):
+    "Code overflowing a box that hides it is cut off; overflow that scrolls (outputs) or wraps is readable."
+    found = _problems_of(browser, """<style>body { font: 14px monospace; } .col { width: 320px; }
+          pre { white-space: pre; overflow: visible; margin: 0 0 1em; }</style><div class="col">
+        <div class="cell_input" style="overflow: hidden"><div class="highlight"><pre class="cut-by-cell">
+def f(x): return a_function_with_a_long_name(x, another_argument, yet_another_argument)</pre></div></div>
+        <div class="highlight"><pre class="cut-by-itself" style="overflow-x: hidden">
+def f(x): return a_function_with_a_long_name(x, another_argument, yet_another_argument)</pre></div>
+        <div style="max-height: 3em; overflow: hidden"><pre class="cut-at-bottom">a = 1\nb = 2\nc = 3\nd = 4\ne = 5</pre></div>
+        <div class="cell_output"><div class="output"><pre class="output-scrolls" style="overflow: auto">
+epoch     train_loss  valid_loss  ce        sil       accuracy  silhouette  time</pre></div></div>
+        <div class="highlight"><pre class="source-wraps" style="white-space: pre-wrap">
+def f(x): return a_function_with_a_long_name(x, another_argument, yet_another_argument)</pre></div>
+        <div class="highlight"><pre class="source-scrolls" style="overflow: auto">
+def f(x): return a_function_with_a_long_name(x, another_argument, yet_another_argument)</pre></div></div>""")
+    print('\n'.join(found))
+    def about(cls): return [x for x in found if f'pre.{cls}' in x]
+    assert about('cut-by-cell') and 'cut off at the right (hidden by div.col > div.cell_input)' in about('cut-by-cell')[0], found
+    assert about('cut-by-itself') and 'hidden by the block itself' in about('cut-by-itself')[0], found
+    assert about('cut-at-bottom') and 'cut off at the bottom' in about('cut-at-bottom')[0], found
+    assert about('source-scrolls') and 'should wrap' in about('source-scrolls')[0], found
+    assert not about('output-scrolls') and not about('source-wraps'), found
+    assert len(found) == 4, found
