@@ -1,6 +1,7 @@
 # silhouette_nb — one entry point for setting up, testing and benchmarking.
 #   make test       the whole suite (what CI runs)
 #   make bench      the speed / memory benchmarks (print ratios, assert nothing)
+#   make gpu-check  every GPU path in <= 8 min on one GPU: table + benchmarks/out/gpu_check.json (one line without CUDA)
 #   make reproduce  the quick experiment suite (CPU, <= 20 min) and its report in results/quick/
 #   make readme     regenerate README.md from nbs/index.ipynb (offline, no Quarto)
 SHELL  := /bin/bash
@@ -15,7 +16,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 
-.PHONY: docs browser data venv test check-clean check-nbdev nbtest pytest bench readme export clean-venv reproduce
+.PHONY: docs browser data venv test check-clean check-nbdev nbtest pytest bench gpu-check readme export clean-venv reproduce
 
 venv: $(STAMP)
 
@@ -54,6 +55,9 @@ bench: venv
 	$(PY) benchmarks/bench_silhouette.py
 	$(PY) benchmarks/bench_supcon.py
 	$(PY) benchmarks/bench_large_batch.py --threads 1
+
+gpu-check: venv
+	$(PY) tools/gpu_check.py
 
 readme: venv
 	$(PY) tools/readme.py
