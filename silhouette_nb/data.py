@@ -11,6 +11,8 @@ __all__ = ['FASHION_MNIST_DIR', 'FASHION_MNIST_CLASSES', 'CIFAR_STATS', 'IMAGENE
            'load_fashion_mnist', 'tensor_dsets', 'ToRGB', 'image_tfms', 'LabelledSubset', 'image_dsets', 'get_dls']
 
 # %% ../nbs/08_data.ipynb #fe2f3993
+from .validation import require_extra
+require_extra('fastai', 'fastai', 'torchvision')
 import gzip, os, random
 from functools import lru_cache
 from pathlib import Path
@@ -185,6 +187,7 @@ class BalancedDL(TfmdDL):
 # %% ../nbs/08_data.ipynb #e744de3f
 def load_digits_arrays(path=None)->tuple: # (x_train, y_train, x_valid, y_valid, vocab); valid is empty
     "scikit-learn's bundled 8×8 digits as (1797, 1, 8, 8) float32; the split is left to the caller."
+    require_extra('fastai', 'sklearn')
     from sklearn.datasets import load_digits
     d = load_digits()
     x, y = torch.tensor(d.images, dtype=torch.float32)[:, None], torch.tensor(d.target)
@@ -192,6 +195,7 @@ def load_digits_arrays(path=None)->tuple: # (x_train, y_train, x_valid, y_valid,
 
 @lru_cache(maxsize=2)
 def _mnist1d_arrays():
+    require_extra('experiments', 'mnist1d')
     from mnist1d.data import make_dataset, get_dataset_args
     np_state, py_state = np.random.get_state(), random.getstate()
     try: d = make_dataset(get_dataset_args())

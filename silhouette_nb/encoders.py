@@ -8,6 +8,8 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/encoders.html.md"""
 __all__ = ['ENCODERS', 'cnn_encoder', 'mlp_encoder', 'efficientnet_b0_encoder', 'resnet18_encoder', 'make_encoder']
 
 # %% ../nbs/09_encoders.ipynb #35004f08
+from .validation import require_extra
+require_extra('fastai', 'torchvision')
 import numpy as np
 import torch.nn as nn
 import torchvision

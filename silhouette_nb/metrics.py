@@ -9,6 +9,8 @@ __all__ = ['RETRIEVAL_METRICS', 'WHOLE_SET_METRICS', 'neighbour_blocks', 'knn_pr
            'knn_accuracy', 'EmbeddingStore', 'WholeSetMetric', 'whole_set_metrics']
 
 # %% ../nbs/10_metrics.ipynb #0595eb88
+from .validation import require_extra
+require_extra('fastai', 'sklearn')
 import math
 import warnings
 import numpy as np

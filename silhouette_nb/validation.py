@@ -6,7 +6,7 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/validation.html.md"""
 
 # %% auto #0
 __all__ = ['MIN_TEMPERATURE', 'set_default_validate_args', 'validating', 'check_real', 'check_temperature', 'check_weight',
-           'check_positive_int', 'check_choice', 'compute_dtype', 'check_batch', 'check_corel_batch']
+           'check_positive_int', 'check_choice', 'compute_dtype', 'check_batch', 'check_corel_batch', 'require_extra']
 
 # %% ../nbs/00_validation.ipynb #99805771
 import math, numbers
@@ -139,3 +139,14 @@ def check_corel_batch(h:Tensor, # (N, d) embeddings
     if labels is not None and validating(validate_args) and int(labels.max()) >= len(W):
         raise ValueError(f"labels must be < n_classes = {len(W)}, got maximum label {int(labels.max())}")
     return h.to(dt), W.to(dt), labels
+
+# %% ../nbs/00_validation.ipynb #86b7c2da
+def require_extra(extra:str, # the extra that installs the packages: 'pml', 'fastai' or 'experiments'
+                  *modules:str, # the packages the calling module needs, e.g. 'fastai', 'sklearn'
+                 ):
+    "Import `modules`, or raise `ImportError` naming the extra that installs them."
+    import importlib
+    for m in modules:
+        try: importlib.import_module(m)
+        except ImportError as e:
+            raise ImportError(f'{m} is not installed: this part of silhouette_nb needs pip install "silhouette-nb[{extra}]"') from e
