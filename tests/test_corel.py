@@ -161,8 +161,8 @@ def test_bad_prediction_input_and_options(Head):
 def test_bad_gamma_and_class_vectors():
     h, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
     for gamma in (0., -1., float('nan'), float('inf')):
-        with pytest.raises(ValueError, match='gamma must be a finite number'): gaussian_corel_loss(h, torch.randn(2, 3), y, gamma)
-        with pytest.raises(ValueError, match='gamma must be a finite number'): gaussian_corel_loss(h, torch.randn(2, 3), y, torch.tensor(gamma))
+        with pytest.raises(ValueError, match='gamma'): gaussian_corel_loss(h, torch.randn(2, 3), y, gamma)
+        with pytest.raises(ValueError, match='gamma'): gaussian_corel_loss(h, torch.randn(2, 3), y, torch.tensor(gamma))
     with pytest.raises(ValueError, match='gamma must be a scalar'): gaussian_corel_loss(h, torch.randn(2, 3), y, torch.ones(2))
     with pytest.raises(ValueError, match='class vectors'): cosine_corel_loss(h, torch.randn(3), y)
     with pytest.raises(ValueError, match='class vectors'): check_corel_batch(h, torch.zeros(2, 3, dtype=torch.long), y)
