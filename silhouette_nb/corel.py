@@ -14,143 +14,147 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .validation import check_corel_batch
+from .validation import check_real, check_weight, validating
 from .distances import sq_euclidean, unit_rows
 from .process_group import global_mean
+from .heads import Head, head_call, renamed_kwargs
 
 # %% ../nbs/06_corel.ipynb #f545f982
-def _check_lam(lam):
-    if isinstance(lam, Tensor): lam = float(lam)
-    if not isinstance(lam, (int, float)) or not 0 <= lam <= 1:
-        raise ValueError(f"lam must be a number in [0, 1], got {lam!r}")
-    return float(lam)
+def _attractive_repulsive(att, rep, attraction, gather):
+    terms = attraction * att + (1 - attraction) * rep
+    return global_mean(terms) if gather else terms.mean()
 
 def attractive_repulsive(att:Tensor, # (N,) attraction of each sample
                          rep:Tensor, # (N,) repulsion of each sample
-                         lam:float=0.5, # lambda, the weight of the attraction
+                         attraction:float=0.5, # lambda in [0, 1], the weight of the attraction
                          gather:bool=False, # under torch.distributed: the mean over the samples of all processes
+                         **deprecated, # `lam`: the old name of `attraction`
                         )->Tensor: # scalar loss
-    "COREL's combination $\\frac{1}{N}\\sum_i [\\lambda\\,\\mathrm{att}_i + (1-\\lambda)\\,\\mathrm{rep}_i]$, with `lam` applied once."
-    lam = _check_lam(lam)
-    terms = lam * att + (1 - lam) * rep
-    return global_mean(terms) if gather else terms.mean()
+    "COREL's combination $\\frac{1}{N}\\sum_i [\\lambda\\,\\mathrm{att}_i + (1-\\lambda)\\,\\mathrm{rep}_i]$, with $\\lambda$ applied once."
+    attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'attractive_repulsive').get('attraction', attraction)
+    return _attractive_repulsive(att, rep, check_weight(attraction, 'attraction', hi=1), bool(gather))
 
 # %% ../nbs/06_corel.ipynb #cbbbe26f
-def _check_gamma(gamma):
-    g = gamma if isinstance(gamma, Tensor) else torch.tensor(float(gamma))
-    if g.numel() != 1: raise ValueError(f"gamma must be a scalar, got shape {tuple(g.shape)}")
-    if not bool(g > 0) or not bool(torch.isfinite(g)): raise ValueError(f"gamma must be positive and finite, got {float(g)}")
+def _check_gamma(gamma, validate_args=None):
+    "A number gamma > 0, or a scalar tensor (learned): its value is checked only when validating, as reading it syncs."
+    if not isinstance(gamma, Tensor): return check_real(gamma, 'gamma', 0., lo_open=True)
+    if gamma.numel() != 1: raise ValueError(f"gamma must be a scalar, got shape {tuple(gamma.shape)}")
+    if validating(validate_args) and not bool((gamma > 0) & torch.isfinite(gamma)):
+        raise ValueError(f"gamma must be a finite number in (0, inf], got {float(gamma)}")
     return gamma
+
+def _gaussian_logits(h, W, gamma):
+    if isinstance(gamma, Tensor): gamma = gamma.to(h.dtype).reshape(())
+    return -gamma * sq_euclidean(h, W)
+
+def _gaussian_loss(h, W, y, gamma, attraction, gather):
+    S = _gaussian_logits(h, W, gamma)
+    att = -S.gather(1, y[:, None])[:, 0]
+    rep = torch.logsumexp(S, 1)
+    return _attractive_repulsive(att, rep, attraction, gather)
 
 def gaussian_corel_logits(h:Tensor, # (N, d) embeddings
                           W:Tensor, # (K, d) class vectors
                           gamma:float|Tensor=0.5, # precision gamma > 0 (a scalar tensor to learn it)
+                          validate_args:bool|None=None, # value checks; None: the package default
                          )->Tensor: # (N, K) similarities S = -gamma ||h_i - w_k||^2
     "Gaussian-COREL similarities $S_{ik} = -\\gamma\\|h_i - w_k\\|^2$ of each embedding to each class vector."
-    h, W, _ = check_corel_batch(h, W)
-    gamma = _check_gamma(gamma)
-    if isinstance(gamma, Tensor): gamma = gamma.to(h.dtype).reshape(())
-    return -gamma * sq_euclidean(h, W)
+    return head_call(_gaussian_logits, h, W, validate_args=validate_args, gamma=_check_gamma(gamma, validate_args))
 
 def gaussian_corel_loss(h:Tensor, # (N, d) embeddings
                         W:Tensor, # (K, d) class vectors
                         labels:Tensor, # (N,) integer labels in 0..K-1
                         gamma:float|Tensor=0.5, # precision gamma > 0 (a scalar tensor to learn it)
-                        lam:float=0.5, # weight of the attraction; 0.5 gives half the cross-entropy
+                        attraction:float=0.5, # lambda, the weight of the attraction; 0.5 gives half the cross-entropy
                         gather:bool=False, # under torch.distributed: the mean over the samples of all processes
+                        validate_args:bool|None=None, # value checks; None: the package default
+                        **deprecated, # `lam`: the old name of `attraction`
                        )->Tensor: # scalar loss, float32 for half-precision input
     "Gaussian-COREL: $\\lambda\\,\\gamma\\|h_i - w_{y_i}\\|^2 + (1-\\lambda)\\log\\sum_k \\exp(-\\gamma\\|h_i - w_k\\|^2)$, averaged."
-    h, W, y = check_corel_batch(h, W, labels)
-    S = gaussian_corel_logits(h, W, gamma)
-    att = -S.gather(1, y[:, None])[:, 0]
-    rep = torch.logsumexp(S, 1)
-    return attractive_repulsive(att, rep, lam, gather)
+    attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'gaussian_corel_loss').get('attraction', attraction)
+    return head_call(_gaussian_loss, h, W, labels, validate_args, gamma=_check_gamma(gamma, validate_args),
+                     attraction=check_weight(attraction, 'attraction', hi=1), gather=bool(gather))
 
 # %% ../nbs/06_corel.ipynb #0d518c4b
 _RHO0 = math.log(math.expm1(0.5))  # softplus(_RHO0) = 0.5, the authors' initial gamma
 
-def _init_class_vectors(n_classes, dim):
-    if not isinstance(n_classes, int) or n_classes < 1: raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
-    if not isinstance(dim, int) or dim < 1: raise ValueError(f"dim must be a positive int, got {dim!r}")
-    return nn.Parameter(nn.init.xavier_normal_(torch.empty(n_classes, dim)))
-
-class GaussianCOREL(nn.Module):
-    "Gaussian-COREL head: learned class vectors `W` (K, dim) and precision `gamma`; `forward(embeddings, labels)` is the loss."
+class GaussianCOREL(Head):
+    "Gaussian-COREL head: learned class vectors `W` (K, dim) and precision `gamma`; logits $-\\gamma\\|h - w_k\\|^2$, `forward(embeddings, labels)` the loss."
+    vectors_name = 'W'
     def __init__(self,
                  n_classes:int, # K, the number of class vectors
                  dim:int, # dimension of the embeddings
-                 lam:float=0.5, # weight of the attraction; 0.5 is half the cross-entropy over -gamma ||h - w_k||^2
+                 attraction:float=0.5, # lambda, the weight of the attraction; 0.5 is half the cross-entropy over -gamma ||h - w_k||^2
                  gather:bool=False, # under torch.distributed: the mean over the samples of all processes
+                 validate_args:bool|None=None, # value checks of every call; None: the package default
+                 **deprecated, # `lam`: the old name of `attraction`
                 ):
-        super().__init__()
-        self.lam, self.gather = _check_lam(lam), bool(gather)
-        self.W = _init_class_vectors(n_classes, dim)              # Xavier-normal, as in the authors' code; no bias
+        attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'GaussianCOREL').get('attraction', attraction)
+        attraction = check_weight(attraction, 'attraction', hi=1)
+        super().__init__(n_classes, dim, validate_args)
+        self.attraction, self.gather = attraction, bool(gather)
         self.rho = nn.Parameter(torch.tensor(_RHO0))               # gamma = softplus(rho) > 0, starts at 0.5
 
+    def init_vectors(self, v:Tensor)->Tensor: return nn.init.xavier_normal_(v)   # as in the authors' code; no bias
     @property
     def gamma(self)->Tensor: return F.softplus(self.rho)
 
-    def logits(self, embeddings:Tensor, # (N, dim)
-              )->Tensor: # (N, K) similarities S = -gamma ||h_i - w_k||^2
-        return gaussian_corel_logits(embeddings, self.W, self.gamma)
+    def compute_logits(self, z:Tensor, W:Tensor)->Tensor: return _gaussian_logits(z, W, self.gamma)
+    def compute_loss(self, z:Tensor, W:Tensor, labels:Tensor)->Tensor:
+        return _gaussian_loss(z, W, labels, self.gamma, self.attraction, self.gather)
 
-    def predict(self, embeddings:Tensor, # (N, dim)
-               )->Tensor: # (N,) index of the nearest class vector
-        return self.logits(embeddings).argmax(1)
-
-    def forward(self, embeddings:Tensor, # (N, dim)
-                labels:Tensor, # (N,) integer labels in 0..K-1
-               )->Tensor: # scalar loss
-        return gaussian_corel_loss(embeddings, self.W, labels, self.gamma, self.lam, self.gather)
-
-    def extra_repr(self): return f"n_classes={self.W.shape[0]}, dim={self.W.shape[1]}, lam={self.lam}" + (", gather=True" if self.gather else "")
+    def extra_repr(self): return super().extra_repr() + f", attraction={self.attraction}" + (", gather=True" if self.gather else "")
 
 # %% ../nbs/06_corel.ipynb #b64344c1
+def _cosine_logits(h, W): return unit_rows(h) @ unit_rows(W).T
+
+def _cosine_loss(h, W, y, attraction, gather):
+    S = _cosine_logits(h, W)
+    own = torch.arange(len(W), device=y.device) == y[:, None]       # (N, K), True at the own class
+    att = -S.gather(1, y[:, None])[:, 0]
+    rep = torch.where(own, 0, S).amax(1) ** 2           # max(0, max_{k != y} S): the zeroed own entry is the floor
+    return _attractive_repulsive(att, rep, attraction, gather)
+
 def cosine_corel_logits(h:Tensor, # (N, d) embeddings
                         W:Tensor, # (K, d) class vectors
+                        validate_args:bool|None=None, # value checks; None: the package default
                        )->Tensor: # (N, K) similarities S = cos(h_i, w_k), 0 for a zero vector
     "Cosine-COREL similarities $S_{ik} = \\cos(h_i, w_k)$ of each embedding to each class vector."
-    h, W, _ = check_corel_batch(h, W)
-    return unit_rows(h) @ unit_rows(W).T
+    return head_call(_cosine_logits, h, W, validate_args=validate_args)
 
 def cosine_corel_loss(h:Tensor, # (N, d) embeddings
                       W:Tensor, # (K, d) class vectors
                       labels:Tensor, # (N,) integer labels in 0..K-1
-                      lam:float=0.5, # weight of the attraction
+                      attraction:float=0.5, # lambda, the weight of the attraction
                       gather:bool=False, # under torch.distributed: the mean over the samples of all processes
+                      validate_args:bool|None=None, # value checks; None: the package default
+                      **deprecated, # `lam`: the old name of `attraction`
                      )->Tensor: # scalar loss, float32 for half-precision input
     "Cosine-COREL: $-\\lambda\\cos(h_i, w_{y_i}) + (1-\\lambda)\\max(0, \\max_{k\\ne y_i}\\cos(h_i, w_k))^2$, averaged."
-    h, W, y = check_corel_batch(h, W, labels)
-    S = cosine_corel_logits(h, W)
-    own = F.one_hot(y, len(W)).bool()
-    att = -S.gather(1, y[:, None])[:, 0]
-    rep = torch.where(own, 0, S).amax(1) ** 2           # max(0, max_{k != y} S): the zeroed own entry is the floor
-    return attractive_repulsive(att, rep, lam, gather)
+    attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'cosine_corel_loss').get('attraction', attraction)
+    return head_call(_cosine_loss, h, W, labels, validate_args, attraction=check_weight(attraction, 'attraction', hi=1),
+                     gather=bool(gather))
 
 # %% ../nbs/06_corel.ipynb #6f5543f6
-class CosineCOREL(nn.Module):
-    "Cosine-COREL head: learned class vectors `W` (K, dim); `forward(embeddings, labels)` is the loss."
+class CosineCOREL(Head):
+    "Cosine-COREL head: learned class vectors `W` (K, dim); logits $\\cos(h, w_k)$, `forward(embeddings, labels)` the loss."
+    vectors_name = 'W'
     def __init__(self,
                  n_classes:int, # K, the number of class vectors
                  dim:int, # dimension of the embeddings
-                 lam:float=0.5, # weight of the attraction
+                 attraction:float=0.5, # lambda, the weight of the attraction
                  gather:bool=False, # under torch.distributed: the mean over the samples of all processes
+                 validate_args:bool|None=None, # value checks of every call; None: the package default
+                 **deprecated, # `lam`: the old name of `attraction`
                 ):
-        super().__init__()
-        self.lam, self.gather = _check_lam(lam), bool(gather)
-        self.W = _init_class_vectors(n_classes, dim)              # Xavier-normal, as in the authors' code; no bias
+        attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'CosineCOREL').get('attraction', attraction)
+        attraction = check_weight(attraction, 'attraction', hi=1)
+        super().__init__(n_classes, dim, validate_args)
+        self.attraction, self.gather = attraction, bool(gather)
 
-    def logits(self, embeddings:Tensor, # (N, dim)
-              )->Tensor: # (N, K) similarities S = cos(h_i, w_k)
-        return cosine_corel_logits(embeddings, self.W)
+    def init_vectors(self, v:Tensor)->Tensor: return nn.init.xavier_normal_(v)   # as in the authors' code; no bias
+    def compute_logits(self, z:Tensor, W:Tensor)->Tensor: return _cosine_logits(z, W)
+    def compute_loss(self, z:Tensor, W:Tensor, labels:Tensor)->Tensor:
+        return _cosine_loss(z, W, labels, self.attraction, self.gather)
 
-    def predict(self, embeddings:Tensor, # (N, dim)
-               )->Tensor: # (N,) index of the most similar class vector
-        return self.logits(embeddings).argmax(1)
-
-    def forward(self, embeddings:Tensor, # (N, dim)
-                labels:Tensor, # (N,) integer labels in 0..K-1
-               )->Tensor: # scalar loss
-        return cosine_corel_loss(embeddings, self.W, labels, self.lam, self.gather)
-
-    def extra_repr(self): return f"n_classes={self.W.shape[0]}, dim={self.W.shape[1]}, lam={self.lam}" + (", gather=True" if self.gather else "")
+    def extra_repr(self): return super().extra_repr() + f", attraction={self.attraction}" + (", gather=True" if self.gather else "")

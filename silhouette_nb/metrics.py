@@ -160,7 +160,7 @@ class EmbeddingStore:
         y = learn.yb[0]
         if y is self.last or hasattr(learn, 'gather_preds'): return   # this batch is in already / under get_preds
         self.last = y
-        out = learn.objective.batch_outputs
+        out = learn.objective_loss.batch_outputs
         e, z = out[self.space], out['logits']
         if e.ndim == 3: e, z, y = e.transpose(0, 1).flatten(0, 1), z.transpose(0, 1).flatten(0, 1), y.repeat(e.shape[1])
         self.add(e, y, z)

@@ -87,7 +87,7 @@ def test_gaussian_half_lambda_is_half_cross_entropy(b):
 def test_modules_match_functional_forms(b):
     h, W, y, lam, _ = b
     K, d = W.shape
-    g, c = GaussianCOREL(K, d, lam=lam).double(), CosineCOREL(K, d, lam=lam).double()
+    g, c = GaussianCOREL(K, d, attraction=lam).double(), CosineCOREL(K, d, attraction=lam).double()
     torch.testing.assert_close(g(h, y), gaussian_corel_loss(h, g.W, y, g.gamma, lam))
     torch.testing.assert_close(c(h, y), cosine_corel_loss(h, c.W, y, lam))
     for head in (g, c):
@@ -120,7 +120,7 @@ def test_cosine_gradcheck(lam, K):
 
 
 def test_gaussian_module_gradients_reach_all_parameters():
-    head = GaussianCOREL(3, 2, lam=0.7)
+    head = GaussianCOREL(3, 2, attraction=0.7)
     head(torch.randn(6, 2), torch.tensor([0, 1, 2, 0, 1, 2])).backward()
     assert head.W.grad.abs().sum() > 0 and head.rho.grad.abs() > 0
 
@@ -152,7 +152,8 @@ def test_bad_input_raises(Head, h, y, msg):
 def test_bad_prediction_input_and_options(Head):
     with pytest.raises(ValueError, match='embedding dim 4'): Head(3, 3).predict(torch.randn(2, 4))
     with pytest.raises(ValueError, match='embedding dim 4'): Head(3, 3).logits(torch.randn(2, 4))
-    with pytest.raises(ValueError, match='lam must be'): Head(3, 3, lam=1.1)
+    with pytest.raises(ValueError, match='attraction must be'): Head(3, 3, attraction=1.1)
+    with pytest.raises(TypeError, match='attraction'): Head(3, 3, attraction='0.5')
     with pytest.raises(ValueError, match='n_classes must be'): Head(0, 3)
     with pytest.raises(ValueError, match='dim must be'): Head(3, 0)
 
@@ -160,7 +161,8 @@ def test_bad_prediction_input_and_options(Head):
 def test_bad_gamma_and_class_vectors():
     h, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
     for gamma in (0., -1., float('nan'), float('inf')):
-        with pytest.raises(ValueError, match='gamma must be positive'): gaussian_corel_loss(h, torch.randn(2, 3), y, gamma)
+        with pytest.raises(ValueError, match='gamma'): gaussian_corel_loss(h, torch.randn(2, 3), y, gamma)
+        with pytest.raises(ValueError, match='gamma'): gaussian_corel_loss(h, torch.randn(2, 3), y, torch.tensor(gamma))
     with pytest.raises(ValueError, match='gamma must be a scalar'): gaussian_corel_loss(h, torch.randn(2, 3), y, torch.ones(2))
     with pytest.raises(ValueError, match='class vectors'): cosine_corel_loss(h, torch.randn(3), y)
     with pytest.raises(ValueError, match='class vectors'): check_corel_batch(h, torch.zeros(2, 3, dtype=torch.long), y)
@@ -250,10 +252,10 @@ def test_cosine_repulsion_only_counts_the_most_similar_wrong_class():
     W = torch.tensor([[1., 0.], [0.6, 0.8], [0.8, 0.6], [-1., 0.]], dtype=torch.float64)
     h = torch.tensor([[1., 0.]], dtype=torch.float64)
     # att = -1; wrong-class cosines 0.6, 0.8, -1 -> rep = 0.8^2
-    torch.testing.assert_close(cosine_corel_loss(h, W, torch.tensor([0]), lam=0.), torch.tensor(0.64, dtype=torch.float64))
-    torch.testing.assert_close(cosine_corel_loss(h, W, torch.tensor([0]), lam=1.), torch.tensor(-1., dtype=torch.float64))
+    torch.testing.assert_close(cosine_corel_loss(h, W, torch.tensor([0]), attraction=0.), torch.tensor(0.64, dtype=torch.float64))
+    torch.testing.assert_close(cosine_corel_loss(h, W, torch.tensor([0]), attraction=1.), torch.tensor(-1., dtype=torch.float64))
     # all wrong classes on the far side: no repulsion
-    torch.testing.assert_close(cosine_corel_loss(-h, W[:3], torch.tensor([0]), lam=0.), torch.tensor(0., dtype=torch.float64))
+    torch.testing.assert_close(cosine_corel_loss(-h, W[:3], torch.tensor([0]), attraction=0.), torch.tensor(0., dtype=torch.float64))
 
 
 # ---------------------------------------------------------------- training a head alone on fixed separable embeddings
@@ -275,7 +277,7 @@ def test_head_trained_alone_reaches_nearest_centroid_accuracy(Head, lam):
     nc = _nearest_centroid_accuracy(x, y)
     assert nc == 1.0                                                     # the embeddings are separable
     torch.manual_seed(0)
-    head = Head(5, 8, lam=lam)
+    head = Head(5, 8, attraction=lam)
     acc0 = (head.predict(x) == y).float().mean().item()
     opt = torch.optim.Adam(head.parameters(), lr=0.05)
     for _ in range(300):
@@ -283,3 +285,44 @@ def test_head_trained_alone_reaches_nearest_centroid_accuracy(Head, lam):
     acc = (head.predict(x) == y).float().mean().item()
     assert acc0 < 0.9                                                    # training did the work, not the initialisation
     assert acc >= nc
+
+
+# ---------------------------------------------------------------- the renamed option, autocast, validate_args
+def test_lam_is_the_deprecated_name_of_attraction():
+    g = torch.Generator().manual_seed(4)
+    h, W, y = torch.randn(6, 3, generator=g), torch.randn(3, 3, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+    for fn in (lambda **kw: gaussian_corel_loss(h, W, y, 0.5, **kw), lambda **kw: cosine_corel_loss(h, W, y, **kw)):
+        with pytest.warns(DeprecationWarning, match='`lam` is deprecated.*use `attraction`'): old = fn(lam=0.3)
+        assert torch.equal(old, fn(attraction=0.3))
+    for Head in HEADS:
+        with pytest.warns(DeprecationWarning, match='use `attraction`'): head = Head(3, 3, lam=0.3)
+        assert head.attraction == 0.3
+        with pytest.raises(TypeError, match="unexpected keyword argument 'lamda'"): Head(3, 3, lamda=0.3)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('Head', HEADS)
+def test_autocast_forward_and_backward_in_float32(Head, dtype):
+    "Under CPU autocast the head computes in float32 (autocast off inside): float32 loss and logits, the float32 values."
+    torch.manual_seed(0)
+    head = Head(5, 16)
+    x, y = 3 * torch.randn(64, 16), torch.randint(0, 5, (64,))
+    h = x.clone().requires_grad_()
+    with torch.autocast('cpu', dtype=dtype):
+        loss, logits = head(h, y), head.logits(h)
+    loss.backward()
+    assert loss.dtype == logits.dtype == torch.float32
+    ref = head(x, y)
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(logits, head.logits(x), rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in head.parameters())
+
+
+@pytest.mark.parametrize('Head', HEADS)
+def test_validate_args_off_skips_only_the_value_checks(Head):
+    head = Head(3, 3, validate_args=False)
+    assert torch.isnan(head(torch.full((2, 3), float('nan')), torch.tensor([0, 1])))   # no finiteness check...
+    with pytest.raises(ValueError, match='embedding dim 4'): head(torch.randn(2, 4), torch.tensor([0, 1]))  # ...shapes still
+    with pytest.raises(ValueError, match='labels must be integers'): head(torch.randn(2, 3), torch.tensor([0., 1.]))
+    with pytest.raises(ValueError, match='NaN'): Head(3, 3)(torch.full((2, 3), float('nan')), torch.tensor([0, 1]))

@@ -58,7 +58,7 @@ def fit_weights_local():
     set_seed(0, reproducible=True)
     dls = get_dls('digits', bs=64, n_train=256, n_valid=64, augment=False, device='cpu')
     learn = embedding_learner(dls, 'mlp', 'ce+sil', seed=0, metrics=(), distributed=True)
-    learn.objective.objective.sil.forward = _local_sil(learn.objective.objective.sil)
+    learn.objective.sil.forward = _local_sil(learn.objective.sil)
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
     return {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
 

@@ -20,10 +20,12 @@ with warnings.catch_warnings():   # fastai 2.8's imports warn about torch.jit.sc
 
 from silhouette_nb import data as sdata
 from silhouette_nb.data import get_dls
-from silhouette_nb.learner import (EmbeddingNet, FrozenEncoder, ObjectiveCallback, ViewsCrossEntropy, embedding_learner, evaluate, get_embeddings, linear_probe, supcon_two_stage)
+from silhouette_nb.learner import (EmbeddingNet, FrozenEncoder, ObjectiveCallback, ObjectiveLoss, ViewsCrossEntropy, embedding_learner, evaluate, fit_objective, get_embeddings, linear_probe, supcon_two_stage)
 from silhouette_nb.metrics import WholeSetMetric, knn_accuracy, whole_set_metrics
 from silhouette_nb.encoders import make_encoder
-from silhouette_nb.objectives import OBJECTIVES, make_objective
+from silhouette_nb.objectives import OBJECTIVES, count_syncs, make_objective, spec_requirements
+from silhouette_nb.heads import LinearClassifier
+from silhouette_nb.validation import set_default_validate_args
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -80,14 +82,14 @@ def test_gradients_are_the_objectives(spec, dls, dls_views):
     "One fastai step back-propagates exactly objective(outputs, y)['loss'], head parameters included."
     d = dls_views if 'supcon' in spec else dls
     learn = embedding_learner(d, 'cnn', spec, seed=0, metrics=())
-    model0, obj0 = copy.deepcopy((learn.model, learn.objective.objective))   # one memo: the head stays shared
+    model0, obj0 = copy.deepcopy((learn.model, learn.objective))   # one memo: the head stays shared
     assert model0.head is obj0.head
     grab = GrabStep()
     learn.fit(1, 1e-3, cbs=grab)
     assert len(grab.batches) == 1 and grab.grads is not None
     _assert_same_grads(grab.grads, _hand_grads(model0, obj0, grab.batches))
     if obj0.head is not None and list(obj0.head.parameters()):   # the head's parameters do get a gradient
-        ids = {id(p) for p in learn.objective.objective.head.parameters()}
+        ids = {id(p) for p in learn.objective.head.parameters()}
         assert any(g is not None and g.abs().sum() > 0
                    for p, g in zip(learn.model.parameters(), grab.grads) if id(p) in ids)
 
@@ -95,7 +97,7 @@ def test_gradients_are_the_objectives(spec, dls, dls_views):
 def test_gradient_accumulation_composes(dls):
     "With GradientAccumulation(2 batches), the step's gradient is that of the mean objective over the two batches."
     learn = embedding_learner(dls, 'cnn', 'ce+sil', seed=0, metrics=())
-    model0, obj0 = copy.deepcopy((learn.model, learn.objective.objective))
+    model0, obj0 = copy.deepcopy((learn.model, learn.objective))
     grab = GrabStep()
     learn.fit(1, 1e-3, cbs=[GradientAccumulation(2 * dls.bs), grab])
     assert len(grab.batches) == 2
@@ -106,7 +108,7 @@ def test_gradient_accumulation_composes(dls):
 def test_head_parameters_are_trained(spec, dls):
     "The objective's head lives in the model, so the optimiser holds its parameters and moves them."
     learn = embedding_learner(dls, 'cnn', spec, seed=0, metrics=())
-    head = learn.objective.objective.head
+    head = learn.objective.head
     assert learn.model.head is head and len(list(head.parameters())) > 0
     learn.create_opt()
     in_opt = {id(p) for pg in learn.opt.param_lists for p in pg}
@@ -192,7 +194,8 @@ def test_export_load_round_trip(trained, dls, tmp_path):
         learn.export(tmp_path/'l.pkl')
         loaded = load_learner(tmp_path/'l.pkl')
         assert isinstance(loaded.loss_func, ViewsCrossEntropy)
-        assert any(isinstance(cb, ObjectiveCallback) for cb in loaded.cbs)
+        assert any(isinstance(cb, ObjectiveLoss) for cb in loaded.cbs)
+        assert loaded.objective is loaded.objective_loss.objective
         torch.testing.assert_close(loaded.get_preds(dl=dls.valid)[0], learn.get_preds(dl=dls.valid)[0], rtol=0, atol=0)
         assert evaluate(loaded, dls.valid) == evaluate(learn)
         assert loaded.model.outputs is None
@@ -225,7 +228,7 @@ def test_mixed_precision_composes_on_cpu(dls):
 
 
 class CPUAutocast(Callback):
-    "MixedPrecision's autocast region, on the CPU in bfloat16: forward pass and fastai's loss, not the objective."
+    "MixedPrecision's autocast region, on the CPU in bfloat16: forward pass, fastai's loss and the objective (inside it)."
     order = MixedPrecision.order
     def before_batch(self): self.ac = torch.autocast('cpu', dtype=torch.bfloat16); self.ac.__enter__()
     def after_pred(self): self.dtypes = {k: v.dtype for k, v in self.learn.model.outputs.items()} if self.learn.model.outputs else None
@@ -236,11 +239,12 @@ def test_half_precision_outputs_give_float32_objective(dls):
     learn = embedding_learner(dls, 'cnn', 'ce+sil', seed=0)
     seen = {}
     class Peek(Callback):
-        order = ObjectiveCallback.order - 1   # before ObjectiveCallback takes the outputs from the model
+        order = ObjectiveLoss.order - 1   # before ObjectiveLoss takes the outputs from the model
         def after_pred(self): seen.update({k: v.dtype for k, v in self.learn.model.outputs.items()})
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(3, 3e-3, cbs=[CPUAutocast(), Peek()])
-    assert seen['logits'] == torch.bfloat16                    # the model did run in half precision
-    assert learn.objective.terms['loss'].dtype == torch.float32 and math.isfinite(learn.objective.terms['loss'])
+    assert seen['features'] == torch.bfloat16                  # the model did run in half precision...
+    assert seen['logits'] == torch.float32                     # ...and its classifier, a head, in float32
+    assert learn.objective_loss.terms['loss'].dtype == torch.float32 and math.isfinite(learn.objective_loss.terms['loss'])
     assert evaluate(learn)['top1'] > 0.85
 
 
@@ -263,7 +267,7 @@ def test_bad_batch_fails_before_training(tmp_path):
 def test_model_needs_to_leave_outputs(dls):
     from fastai.learner import Learner
     learn = Learner(dls, make_encoder('mlp', (1, 8, 8), widths=(10,)), loss_func=ViewsCrossEntropy(),
-                    cbs=ObjectiveCallback(make_objective('ce', 10, 10)))
+                    cbs=ObjectiveLoss(make_objective('ce', 10, 10)))
     with pytest.raises(ValueError, match='model.outputs'), learn.no_bar(), learn.no_logging(): learn.fit(1)
 
 
@@ -302,3 +306,95 @@ def test_supcon_two_stage(dls_views):
     with probe.no_bar(), probe.no_logging(): probe.fit(1, 1e-2)
     for k, v in enc.state_dict().items(): assert torch.equal(v, state[k]), k
     assert evaluate(probe)['top1'] > 0.7
+
+
+# ------------------------------------------------------------------ the objective on the learner, options, heads, syncs
+def test_objective_loss_and_the_objective_on_the_learner(dls):
+    learn = embedding_learner(dls, 'mlp', 'ce+sil', seed=0, metrics=())
+    assert isinstance(learn.objective_loss, ObjectiveLoss) and learn.objective is learn.objective_loss.objective
+    assert learn.objective.gather is False
+    with pytest.warns(DeprecationWarning, match='use ObjectiveLoss'): old = ObjectiveCallback(make_objective('ce', 10, 10))
+    from fastai.learner import Learner
+    net = EmbeddingNet(make_encoder('mlp', (1, 8, 8), widths=(10,)), 10)
+    l2 = Learner(dls, net, loss_func=ViewsCrossEntropy(), cbs=old)
+    assert l2.objective_loss is old and l2.objective is old.objective        # the old name reads the new way
+    l3 = Learner(dls, EmbeddingNet(make_encoder('mlp', (1, 8, 8), widths=(10,)), 10), loss_func=ViewsCrossEntropy())
+    cb = ObjectiveLoss(make_objective('ce', 10, 10))
+    with l3.no_bar(), l3.no_logging(): l3.fit(1, 1e-3, cbs=cb)                 # added for one fit only
+    assert l3.objective is cb.objective
+
+
+def test_embedding_learner_forwards_the_objective_options(dls):
+    import inspect
+    params = inspect.signature(embedding_learner).parameters
+    assert {'sil_weight', 'center_weight', 'supcon_weight', 'sil_temperature', 'corel_attraction', 'validate_args'} <= set(params)
+    assert 'lam' not in params and 'mu' not in params and 'gather' not in params
+    learn = embedding_learner(dls, 'mlp', 'ce+sil+supcon', seed=0, metrics=(), sil_weight=0.3, supcon_weight=0.2,
+                              sil_temperature=0.05, wd=0.123)
+    assert learn.objective.weights == {'ce': 1., 'sil': 0.3, 'supcon': 0.2} and learn.objective.sil.temperature == 0.05
+    assert learn.wd == 0.123                                                       # the rest goes to the Learner
+    with pytest.warns(DeprecationWarning, match='`lam` is deprecated'):
+        old = embedding_learner(dls, 'mlp', 'ce+center', seed=0, metrics=(), lam=0.5)
+    assert old.objective.weights == {'ce': 1., 'center': 0.5}
+    assert embedding_learner(dls, 'mlp', 'ce+center', seed=0, metrics=()).objective.weights == {'ce': 1., 'center': 0.01}
+    for fn in (supcon_two_stage, fit_objective):
+        assert 'sil_temperature' in inspect.signature(fn).parameters and 'supcon_temperature' in inspect.signature(fn).parameters
+
+
+@pytest.mark.parametrize('spec', OBJECTIVES)
+def test_the_model_asks_the_objective_where_logits_come_from(spec, dls):
+    learn = embedding_learner(dls, 'mlp', spec, seed=0, metrics=())
+    model, need = learn.model, spec_requirements(spec)
+    assert model.head is learn.objective.head
+    assert (model.classifier is None) == (need['head'] and not need['logits'])    # proxynca, corel-*: the head's logits
+    x = dls.one_batch()[0][:6]
+    logits = model.eval().embed(x)['logits']
+    head = model.classifier if model.classifier is not None else model.head
+    torch.testing.assert_close(logits, head.logits(model.embed(x)['embedding' if model.classifier is not None else 'features']))
+    if model.classifier is not None: assert isinstance(model.classifier, LinearClassifier)
+
+
+def test_classifier_weights_unchanged_by_the_head_interface(dls):
+    "The linear classifier draws the same initial weights as the nn.Linear it replaces: same seed, same model."
+    learn = embedding_learner(dls, 'mlp', 'ce', seed=0, metrics=())
+    torch.manual_seed(0)
+    enc = make_encoder('mlp', (1, 8, 8))
+    ref = torch.nn.Linear(enc.out_features, 10)
+    assert torch.equal(learn.model.classifier.weight, ref.weight) and torch.equal(learn.model.classifier.bias, ref.bias)
+
+
+@pytest.fixture
+def validation_off():
+    set_default_validate_args(False)
+    yield
+    set_default_validate_args(True)
+
+
+@pytest.mark.parametrize('spec', ['ce', 'ce+center', 'proxynca', 'corel-gaussian', 'corel-cosine'])
+def test_model_and_objective_step_has_no_host_sync(spec, dls, validation_off):
+    "The model's forward (heads' logits included) and the objective's forward and backward: no sync with validation off."
+    learn = embedding_learner(dls, 'mlp', spec, seed=0, metrics=(), validate_args=False)
+    x, y = dls.one_batch()
+    with count_syncs() as n:
+        learn.objective(learn.model.embed(x), y)['loss'].backward()
+    assert sum(n.values()) == 0, dict(n)
+
+
+@pytest.mark.parametrize('spec', ['proxynca', 'corel-gaussian', 'ce+center', 'ce+sil+supcon'])
+def test_fastai_training_under_cpu_autocast(spec):
+    "The whole fastai step inside bfloat16 autocast, the objective included (ObjectiveLoss no longer switches it off)."
+    set_seed(0)
+    d = get_dls('digits', bs=32, n_train=128, n_valid=64, views=2 if 'supcon' in spec else 1, device='cpu')
+    learn = embedding_learner(d, 'mlp', spec, seed=0, metrics=())
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=CPUAutocast())
+    terms = learn.objective_loss.terms
+    assert terms['loss'].dtype == torch.float32 and all(math.isfinite(float(v)) for v in terms.values())
+    assert math.isfinite(learn.recorder.values[-1][0])
+
+
+def test_fit_objective_two_stage_comes_from_the_requirements(dls_views):
+    set_seed(0)
+    d = get_dls('digits', bs=32, n_train=96, n_valid=64, views=2, device='cpu')
+    probe = fit_objective(d, 'mlp', make_objective('supcon', 10, 32, supcon_temperature=0.2), epochs=1, probe_epochs=1, dim=32,
+                          seed=0, quiet=True)
+    assert probe.pretrain_log['names'][:3] == ['train_loss', 'valid_loss', 'supcon'] and probe.objective.spec == 'ce'
