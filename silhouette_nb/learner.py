@@ -10,6 +10,8 @@ __all__ = ['EmbeddingNet', 'ViewsCrossEntropy', 'ObjectiveLoss', 'ObjectiveCallb
            'DistributedTraining']
 
 # %% ../nbs/11_learner.ipynb #bc7419a8
+from .validation import require_extra
+require_extra('fastai', 'fastcore', 'fastai')
 import copy, warnings
 import torch
 import torch.nn as nn

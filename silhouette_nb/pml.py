@@ -186,21 +186,21 @@ class SupConLoss(pml_losses.BaseMetricLossFunction):
 _PML_OPTIONS = ('reducer', 'embedding_regularizer', 'embedding_reg_weight', 'collect_stats')
 
 def _gaussian_terms(head, h, y):
-    "lam * gamma ||h_i - w_y||^2 + (1 - lam) log sum_k exp(-gamma ||h_i - w_k||^2), per sample."
+    "lambda gamma ||h_i - w_y||^2 + (1 - lambda) log sum_k exp(-gamma ||h_i - w_k||^2), per sample."
     S = head.logits(h)
-    return head.lam * -S.gather(1, y[:, None])[:, 0] + (1 - head.lam) * torch.logsumexp(S, 1)
+    return head.attraction * -S.gather(1, y[:, None])[:, 0] + (1 - head.attraction) * torch.logsumexp(S, 1)
 
 def _cosine_terms(head, h, y):
-    "-lam cos(h_i, w_y) + (1 - lam) max(0, max_{k != y} cos(h_i, w_k))^2, per sample."
+    "-lambda cos(h_i, w_y) + (1 - lambda) max(0, max_{k != y} cos(h_i, w_k))^2, per sample."
     S = head.logits(h)
-    return head.lam * -S.gather(1, y[:, None])[:, 0] + (1 - head.lam) * torch.where(one_hot(y, S.shape[1], torch.bool), 0, S).amax(1) ** 2
+    return head.attraction * -S.gather(1, y[:, None])[:, 0] + (1 - head.attraction) * torch.where(one_hot(y, S.shape[1], torch.bool), 0, S).amax(1) ** 2
 
 class _COREL(pml_losses.BaseMetricLossFunction):
     "A COREL head as a pytorch-metric-learning loss, shaped like its proxy losses: learned class vectors, one term per sample."
     def __init__(self,
                  n_classes:int, # K, the number of class vectors
                  dim:int, # dimension of the embeddings
-                 **kwargs, # the head's options (lam) and PML's (reducer, embedding_regularizer, ...)
+                 **kwargs, # the head's options (attraction) and PML's (reducer, embedding_regularizer, ...)
                 ):
         super().__init__(**{k: v for k, v in kwargs.items() if k in _PML_OPTIONS})
         self.head = self._head(n_classes, dim, **{k: v for k, v in kwargs.items() if k not in _PML_OPTIONS})

@@ -53,8 +53,8 @@ def make_cases():
     cases['supcon-no-positive'] = (SupConLoss(0.1, gather=True), x, torch.arange(B))
     cases['supcon-one-class-globally'] = (SupConLoss(0.1, gather=True), views, torch.zeros(B, dtype=torch.long))
     torch.manual_seed(0)
-    cases['gaussian-corel'] = (GaussianCOREL(K, D, lam=0.7, gather=True).double(), x, y)
-    cases['cosine-corel'] = (CosineCOREL(K, D, lam=0.4, gather=True).double(), x, y)
+    cases['gaussian-corel'] = (GaussianCOREL(K, D, attraction=0.7, gather=True).double(), x, y)
+    cases['cosine-corel'] = (CosineCOREL(K, D, attraction=0.4, gather=True).double(), x, y)
     return cases
 
 
@@ -354,3 +354,22 @@ def test_bad_chunk_size():
         with pytest.raises(ValueError, match='chunk_size must be'): SoftSilhouetteLoss(chunk_size=bad)
         with pytest.raises(ValueError, match='chunk_size must be'): SupConLoss(chunk_size=bad)
     with pytest.raises(ValueError, match='contiguous'): class_distance_sums(torch.randn(5, 2), torch.zeros(5, dtype=torch.long), 1, rows=slice(0, 5, 2))
+
+
+def test_the_multi_gpu_cell_applies_the_control_rule(monkeypatch):
+    "The `#| cuda` NCCL cell of 17_distributed, run with gloo's errors: the 'no gather' controls must not fail it (issue 14)."
+    import json
+    from pathlib import Path
+    import silhouette_nb.distributed as D
+    nb = json.loads((Path(__file__).resolve().parent.parent/'nbs'/'17_distributed.ipynb').read_text())
+    cell = next(''.join(c['source']) for c in nb['cells'] if c['cell_type'] == 'code'
+                and ''.join(c['source']).startswith('#| cuda') and "backend='nccl'" in ''.join(c['source']))
+    errors = {'silhouette euclidean': {'loss': 1e-16, 'grad': 2e-16, 'param_grad': 0.},   # what gloo measured
+              'silhouette euclidean, no gather': {'loss': 2.8e-2, 'grad': 1.8e-2, 'param_grad': 0.},
+              'supcon out, no gather': {'loss': 1.2, 'grad': 9.4e-2, 'param_grad': 0.}}
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    ns = {'torch': torch, 'cases': {}, 'global_batch_errors': lambda cases, nproc, backend: errors,
+          'check_global_batch_errors': D.check_global_batch_errors}
+    exec(cell, ns)                                    # passes: the controls differ, the gathered loss agrees
+    errors['silhouette euclidean']['loss'] = 1e-3     # a real disagreement still fails it
+    with pytest.raises(AssertionError, match='differs from one process'): exec(cell, ns)
