@@ -14,6 +14,7 @@ import multiprocessing as mp
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from .validation import check_positive_int, check_choice
 
 # %% ../nbs/01_process_group.ipynb #6466fc36
 def world_size()->int: # number of processes
@@ -67,13 +68,16 @@ def gather_batch(x:Tensor, # (B_r, ...) this process's embeddings (or views)
     return _GatherRows.apply(x, sizes, rows), _all_gather_rows(y, sizes), rows
 
 def global_mean(v:Tensor, # this process's values (any shape, may be empty)
+                mask:Tensor|None=None, # bool, v's shape: average only these values (0 when none is, anywhere)
                )->Tensor: # scalar mean of the values of all processes
-    "Mean over the values of every process, differentiable with the adjoint backward; `v.mean()` on one process."
-    if world_size() == 1: return v.mean()
-    total = _AllReduceSum.apply(v.sum())
-    n = torch.tensor(float(v.numel()), dtype=total.dtype, device=total.device)
-    dist.all_reduce(n)
-    return total / n
+    "Mean over the values (where `mask`) of every process, differentiable with the adjoint backward; `v.mean()` on one process."
+    if world_size() == 1 and mask is None: return v.mean()
+    total, n = (v.sum(), v.numel()) if mask is None else (torch.where(mask, v, 0).sum(), mask.sum())
+    if world_size() > 1:
+        total = _AllReduceSum.apply(total)
+        n = torch.as_tensor(n, dtype=total.dtype, device=total.device).clone()
+        dist.all_reduce(n)
+    return total / n.clamp_min(1)
 
 # %% ../nbs/01_process_group.ipynb #f9170938
 def free_port()->int: # a TCP port on 127.0.0.1 that was free a moment ago
@@ -139,8 +143,7 @@ def launch(fn, # an importable function, called as fn(*args, **kwargs) in every 
            **kwargs,
           )->list: # fn's return value in each process, by rank
     "Run `fn(*args, **kwargs)` on `nproc` fresh local processes joined in one `torch.distributed` group."
-    if not isinstance(nproc, int) or nproc < 1: raise ValueError(f"nproc must be a positive int, got {nproc!r}")
-    if backend not in ('gloo', 'nccl'): raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    check_positive_int(nproc, 'nproc'); check_choice(backend, 'backend', ('gloo', 'nccl'))
     if backend == 'nccl' and torch.cuda.device_count() < nproc:
         raise ValueError(f"backend 'nccl' puts one process per GPU: {nproc} processes, {torch.cuda.device_count()} GPUs")
     for attempt in range(3):

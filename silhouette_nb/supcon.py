@@ -8,11 +8,12 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/supcon.html.md"""
 __all__ = ['flatten_views', 'gram_logsumexp', 'chunked_gram_logsumexp', 'supcon_anchor_losses', 'supcon_loss', 'SupConLoss']
 
 # %% ../nbs/04_supcon.ipynb #8ce09f2a
+import math
 import torch
 import torch.nn as nn
 from torch import Tensor
-from .distances import unit_rows, encode_labels, check_chunk_size
-from .validation import check_batch
+from .validation import check_batch, check_temperature, check_choice, check_chunk_size, LossModule
+from .distances import unit_rows, dense_codes
 from .process_group import gather_batch, global_mean, world_size
 
 # %% ../nbs/04_supcon.ipynb #cd98786a
@@ -32,32 +33,50 @@ def flatten_views(features:Tensor, # (B, d) embeddings or (B, V, d) views of eac
     return features.transpose(0, 1).reshape(B * V, d), labels.repeat(V), V
 
 # %% ../nbs/04_supcon.ipynb #e3e2a624
+def _mask_rows_(s, b0, b1, mask):
+    "Set to -inf, in place, the entries of rows b0:b1 that `mask` = (keep, self_cols, a_codes, z_codes) leaves out."
+    keep, self_cols, a_codes, z_codes = mask
+    if keep is not None: s.masked_fill_(~keep[b0:b1], -math.inf)
+    if self_cols is not None: s[torch.arange(b1 - b0, device=s.device), self_cols[b0:b1]] = -math.inf
+    if a_codes is not None: s.masked_fill_(a_codes[b0:b1, None] != z_codes[None], -math.inf)
+    return s
+
 class _GramLogSumExp(torch.autograd.Function):
-    "Row log-sum-exp of `a @ z.T / tau` over the kept entries, saving only the softmax for backward."
+    "Row log-sum-exp of `a @ z.T / tau` over the entries `mask` keeps, by blocks of `chunk` rows: one block (None) keeps P, several recompute it."
     @staticmethod
-    def forward(ctx, a, z, tau, keep):
-        s = (a * (1 / tau)) @ z.T                                 # the one (n, N) matrix
-        if keep is None: s.fill_diagonal_(float('-inf'))          # anchors are the first rows of z
-        else: s.masked_fill_(~keep, float('-inf'))
-        m = s.amax(1)
-        s.sub_(m[:, None]).exp_()
-        r = s.sum(1)
-        s.div_(r[:, None])                                        # now the softmax P, zeros where excluded
-        ctx.save_for_backward(a, z, s, keep)
-        ctx.tau = tau
-        return m + r.log()
+    def forward(ctx, a, z, tau, mask, chunk):
+        n, P = len(a), None
+        out, step = a.new_empty(n), chunk or max(n, 1)
+        for b0 in range(0, n, step):
+            b1 = min(b0 + step, n)
+            s = _mask_rows_((a[b0:b1] * (1 / tau)) @ z.T, b0, b1, mask)    # a block of the (n, N) matrix
+            m = s.amax(1).clamp_min_(torch.finfo(s.dtype).min)              # finite, also for a row that keeps nothing
+            r = s.sub_(m[:, None]).exp_().sum(1)
+            out[b0:b1] = m + r.log()
+            if chunk is None: P = s.div_(r.clamp_min(torch.finfo(s.dtype).tiny)[:, None])   # the softmax P, 0 where left out
+        ctx.save_for_backward(a, z, out, P, *mask)
+        ctx.tau, ctx.chunk = tau, chunk
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        a, z, p, keep = ctx.saved_tensors
+        a, z, lse, P, *mask = ctx.saved_tensors
+        tau, chunk = ctx.tau, ctx.chunk
         if torch.is_grad_enabled():  # create_graph=True: rebuild P with its graph so higher derivatives are right
-            s = (a * (1 / ctx.tau)) @ z.T
-            drop = ~keep if keep is not None else torch.eye(len(a), len(z), dtype=torch.bool, device=a.device)
-            p = s.masked_fill(drop, float('-inf')).softmax(1)
-        g = (g / ctx.tau)[:, None]
-        ga = g * (p @ z) if ctx.needs_input_grad[0] else None
-        gz = p.T @ (g * a) if ctx.needs_input_grad[1] else None
-        return ga, gz, None, None
+            if chunk is not None: raise RuntimeError("chunk_size computes first derivatives only; for create_graph=True use chunk_size=None")
+            s = (a * (1 / tau)) @ z.T + _mask_rows_(a.new_zeros(len(a), len(z)), 0, len(a), mask)
+            empty = torch.isinf(s).all(1, keepdim=True)                      # rows that keep nothing: P = 0
+            P = s.masked_fill(empty, 0).softmax(1).masked_fill(empty, 0)
+        ga = torch.zeros_like(a) if ctx.needs_input_grad[0] else None
+        gz = torch.zeros_like(z) if ctx.needs_input_grad[1] else None
+        lse, step = lse.clamp_min(torch.finfo(lse.dtype).min), chunk or max(len(a), 1)
+        for b0 in range(0, len(a), step):
+            b1 = min(b0 + step, len(a))
+            p = P if P is not None else _mask_rows_((a[b0:b1] * (1 / tau)) @ z.T, b0, b1, mask).sub_(lse[b0:b1, None]).exp_()
+            gb = (g[b0:b1] / tau)[:, None]
+            if ga is not None: ga[b0:b1] = gb * (p @ z)
+            if gz is not None: gz = gz.addmm(p.T, gb * a[b0:b1])
+        return ga, gz, None, None, None
 
 # %% ../nbs/04_supcon.ipynb #35d59f02
 def gram_logsumexp(a:Tensor, # (n, d) anchors: the first n rows of `z` when `keep` is None
@@ -66,45 +85,8 @@ def gram_logsumexp(a:Tensor, # (n, d) anchors: the first n rows of `z` when `kee
                    keep:Tensor|None=None, # (n, N) bool, entries to sum over; None: all but the diagonal
                   )->Tensor: # (n,) log-sum-exp of each row
     "$\\log \\sum_j \\exp(a_i^\\top z_j / \\tau)$ over the kept `j`, with one $n \\times N$ matrix in memory."
-    return _GramLogSumExp.apply(a, z, tau, keep)
-
-# %% ../nbs/04_supcon.ipynb #639d2981
-def _masked_gram(a, z, tau, self_cols, a_codes, z_codes):
-    "a @ z.T / tau with -inf at each anchor's own column and, given codes, where the codes differ."
-    s = (a * (1 / tau)) @ z.T
-    s[torch.arange(len(a), device=a.device), self_cols] = float('-inf')
-    if a_codes is not None: s.masked_fill_(a_codes[:, None] != z_codes[None], float('-inf'))
-    return s
-
-class _ChunkedGramLogSumExp(torch.autograd.Function):
-    "Row log-sum-exp of `a @ z.T / tau` over the kept entries, a block of rows at a time, recomputed in backward."
-    @staticmethod
-    def forward(ctx, a, z, tau, self_cols, a_codes, z_codes, chunk):
-        out = a.new_empty(len(a))
-        for b0 in range(0, len(a), chunk):
-            b1 = min(b0 + chunk, len(a))
-            s = _masked_gram(a[b0:b1], z, tau, self_cols[b0:b1], None if a_codes is None else a_codes[b0:b1], z_codes)
-            m = s.amax(1)
-            out[b0:b1] = m + s.sub_(m[:, None]).exp_().sum(1).log()
-        ctx.save_for_backward(a, z, self_cols, a_codes, z_codes, out)
-        ctx.tau, ctx.chunk = tau, chunk
-        return out
-
-    @staticmethod
-    def backward(ctx, g):
-        if torch.is_grad_enabled(): raise RuntimeError("chunk_size computes first derivatives only; for create_graph=True use chunk_size=None")
-        a, z, self_cols, a_codes, z_codes, lse = ctx.saved_tensors
-        tau, chunk = ctx.tau, ctx.chunk
-        ga = torch.zeros_like(a) if ctx.needs_input_grad[0] else None
-        gz = torch.zeros_like(z) if ctx.needs_input_grad[1] else None
-        for b0 in range(0, len(a), chunk):
-            b1 = min(b0 + chunk, len(a))
-            s = _masked_gram(a[b0:b1], z, tau, self_cols[b0:b1], None if a_codes is None else a_codes[b0:b1], z_codes)
-            p = s.sub_(lse[b0:b1, None]).exp_()                   # rows b0:b1 of the softmax P
-            gb = (g[b0:b1] / tau)[:, None]
-            if ga is not None: ga[b0:b1] = gb * (p @ z)
-            if gz is not None: gz.addmm_(p.T, gb * a[b0:b1])
-        return ga, gz, None, None, None, None, None
+    self_cols = torch.arange(len(a), device=a.device) if keep is None else None
+    return _GramLogSumExp.apply(a, z, tau, (keep, self_cols, None, None), None)
 
 # %% ../nbs/04_supcon.ipynb #b0bfa84b
 def chunked_gram_logsumexp(a:Tensor, # (n, d) anchors
@@ -113,38 +95,47 @@ def chunked_gram_logsumexp(a:Tensor, # (n, d) anchors
                            self_cols:Tensor, # (n,) int64, the column of z that is anchor i itself (left out)
                            a_codes:Tensor|None=None, # (n,) codes of the anchors: keep only columns with the same code
                            z_codes:Tensor|None=None, # (N,) codes of the contrast samples (with `a_codes`)
-                           chunk_size:int|None=None, # anchors per block; None: one block
+                           chunk_size:int|None=None, # anchors per block; None: one block, P kept for backward
                           )->Tensor: # (n,) log-sum-exp of each row
     "$\\log \\sum_j \\exp(a_i^\\top z_j / \\tau)$ over $j \\ne$ `self_cols[i]` (and same code), holding a block of `chunk_size` rows."
     check_chunk_size(chunk_size)
     if (a_codes is None) != (z_codes is None): raise ValueError("give both a_codes and z_codes, or neither")
-    return _ChunkedGramLogSumExp.apply(a, z, tau, self_cols, a_codes, z_codes, chunk_size or max(len(a), 1))
-
-# %% ../nbs/04_supcon.ipynb #111698d0
-def _check_options(temperature, contrast_mode, variant):
-    if isinstance(temperature, Tensor): temperature = float(temperature)
-    if not isinstance(temperature, (int, float)) or not temperature > 0 or temperature == float('inf'):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    if contrast_mode not in ('all', 'one'): raise ValueError(f"contrast_mode must be 'all' or 'one', got {contrast_mode!r}")
-    if variant not in ('out', 'in'): raise ValueError(f"variant must be 'out' or 'in', got {variant!r}")
-    return float(temperature)
+    return _GramLogSumExp.apply(a, z, tau, (None, self_cols, a_codes, z_codes), chunk_size)
 
 # %% ../nbs/04_supcon.ipynb #0258ec25
 def _anchor_losses(z, codes, counts, cols, tau, variant, chunk_size):
-    "L_out / L_in of the anchors z[cols] against all of z, by row blocks; (loss, 0 without positive; has a positive)."
+    "L_out / L_in of the anchors z[cols] against all of z: (loss of each, 0 without positive; has a positive)."
     a, ac = z[cols], codes[cols]
     n_pos = counts[ac] - 1                                                  # |P(i)|
-    valid = n_pos > 0
-    lse = chunked_gram_logsumexp(a, z, tau, cols, chunk_size=chunk_size)    # l_i
-    if variant == 'out':
+    lse = _GramLogSumExp.apply(a, z, tau, (None, cols, None, None), chunk_size)             # l_i
+    if variant == 'out':                                                    # mean of s_ip over P(i)
         C = z.new_zeros(len(counts), z.shape[1]).index_add_(0, codes, z)     # class sums C_c
-        loss = lse - (a * (C[ac] - a)).sum(1) / tau / n_pos.clamp_min(1)
-    else:
-        idx = valid.nonzero()[:, 0]
-        lse_pos = torch.zeros_like(lse)
-        if len(idx): lse_pos = lse_pos.index_put((idx,), chunked_gram_logsumexp(a[idx], z, tau, cols[idx], ac[idx], codes, chunk_size))
-        loss = lse - lse_pos + n_pos.clamp_min(1).to(z.dtype).log()
-    return torch.where(valid, loss, 0), valid
+        pos = (a * (C[ac] - a)).sum(1) / tau / n_pos.clamp_min(1)
+    else:                                                                   # log-mean-exp of s_ip over P(i)
+        pos = _GramLogSumExp.apply(a, z, tau, (None, cols, ac, codes), chunk_size) - n_pos.clamp_min(1).to(z.dtype).log()
+    return torch.where(n_pos > 0, lse - pos, 0), n_pos > 0
+
+# %% ../nbs/04_supcon.ipynb #111698d0
+def _check_options(temperature, contrast_mode, variant, chunk_size):
+    "SupCon's options, by the rules of `validation`."
+    return (check_temperature(temperature), check_choice(contrast_mode, 'contrast_mode', ('all', 'one')),
+            check_choice(variant, 'variant', ('out', 'in')), check_chunk_size(chunk_size))
+
+def _supcon(features, labels, temperature, contrast_mode, variant, chunk_size, validate_args, gather=False):
+    "Checks, then (loss of each of this process's anchors, 0 without positive; has a positive; the batch has a negative pair)."
+    tau, contrast_mode, variant, chunk_size = _check_options(temperature, contrast_mode, variant, chunk_size)
+    x, y, V = flatten_views(features, labels)
+    x, y = check_batch(x, y, validate_args)
+    B, own = len(x) // V, None
+    if gather and world_size() > 1:   # the global batch, view-major as on one process, and this process's samples
+        f, y, own = gather_batch(x.reshape(V, B, -1).transpose(0, 1), y[:B])
+        B, x, y = len(f), f.transpose(0, 1).reshape(V * len(f), -1), y.repeat(V)
+    samples = torch.arange(B, device=x.device) if own is None else torch.arange(own.start, own.stop, device=x.device)
+    views = torch.arange(V if contrast_mode == 'all' else 1, device=x.device)
+    codes = dense_codes(y)
+    counts = torch.zeros_like(codes).index_add_(0, codes, torch.ones_like(codes))   # class sizes, by code
+    losses, valid = _anchor_losses(unit_rows(x), codes, counts, (views[:, None] * B + samples).reshape(-1), tau, variant, chunk_size)
+    return losses, valid, counts[codes[0]] < len(codes)
 
 # %% ../nbs/04_supcon.ipynb #e034d775
 def supcon_anchor_losses(features:Tensor, # (B, d) embeddings or (B, V, d) views, not necessarily normalised
@@ -153,53 +144,11 @@ def supcon_anchor_losses(features:Tensor, # (B, d) embeddings or (B, V, d) views
                          contrast_mode:str='all', # 'all': every view is an anchor; 'one': only view 0
                          variant:str='out', # 'out': L_out (the paper's); 'in': L_in (ablation)
                          chunk_size:int|None=None, # anchors per block (no N x N matrix); None: unchunked
+                         validate_args:bool|None=None, # check the values (finite, labels); None: the package default
                         )->tuple: # ((n,) loss of each anchor, 0 without positive; (n,) bool, has a positive)
     "SupCon loss of each anchor (view-major order) and which anchors have a positive."
-    tau = _check_options(temperature, contrast_mode, variant)
-    check_chunk_size(chunk_size)
-    x, y, V = flatten_views(features, labels)
-    x, y = check_batch(x, y)
-    N, d = x.shape
-    n_anchor = N if contrast_mode == 'all' else N // V
-    codes, _ = encode_labels(y)
-    counts = torch.bincount(codes)
-    n_pos = counts[codes[:n_anchor]] - 1                                    # |P(i)|
-    valid = n_pos > 0
-    if N == 1: return x.sum(1) * 0, valid                                   # nothing to contrast with
-    z = unit_rows(x)
-    if chunk_size is not None: return _anchor_losses(z, codes, counts, torch.arange(n_anchor, device=z.device), tau, variant, chunk_size)
-    a = z[:n_anchor]
-    lse = gram_logsumexp(a, z, tau)                                         # l_i
-    if variant == 'out':
-        C = z.new_zeros(len(counts), d).index_add_(0, codes, z)              # class sums C_c
-        pos = (a * (C[codes[:n_anchor]] - a)).sum(1) / tau                  # sum of s_ip over P(i)
-        loss = lse - pos / n_pos.clamp_min(1)
-    else:
-        idx = valid.nonzero()[:, 0]
-        keep = codes[idx][:, None] == codes[None]                          # y_j = y_i ...
-        keep[torch.arange(len(idx)), idx] = False                           # ... and j != i
-        lse_pos = torch.zeros_like(lse)
-        if len(idx): lse_pos = lse_pos.index_put((idx,), gram_logsumexp(a[idx], z, tau, keep))
-        loss = lse - lse_pos + n_pos.clamp_min(1).to(z.dtype).log()
-    return torch.where(valid, loss, 0), valid
-
-# %% ../nbs/04_supcon.ipynb #a79c4470
-def _global_supcon(features, labels, tau, contrast_mode, variant, chunk_size):
-    "SupCon of the global batch: this process's anchors against every process's views, averaged over all processes."
-    x, y, V = flatten_views(features, labels)
-    x, y = check_batch(x, y)
-    B = len(x) // V
-    f, y, rows = gather_batch(x.reshape(V, B, -1).transpose(0, 1), y[:B])   # (B_global, V, d), in sample order
-    Bg = len(f)
-    z = unit_rows(f.transpose(0, 1).reshape(V * Bg, -1))  # view-major, as on one process
-    codes, _ = encode_labels(y.repeat(V))
-    counts = torch.bincount(codes)
-    Va = V if contrast_mode == 'all' else 1                                 # anchor views
-    if not bool((counts[codes[:Va * Bg]] > 1).any()) or bool((y == y[0]).all()): return z.sum() * 0
-    own = torch.arange(rows.start, rows.stop, device=z.device)
-    cols = (torch.arange(Va, device=z.device)[:, None] * Bg + own).reshape(-1)  # this process's anchors
-    losses, valid = _anchor_losses(z, codes, counts, cols, tau, variant, chunk_size)
-    return global_mean(losses[valid])
+    losses, valid, _ = _supcon(features, labels, temperature, contrast_mode, variant, chunk_size, validate_args)
+    return losses, valid
 
 # %% ../nbs/04_supcon.ipynb #975c0724
 def supcon_loss(features:Tensor, # (B, d) embeddings or (B, V, d) views, not necessarily normalised
@@ -209,35 +158,14 @@ def supcon_loss(features:Tensor, # (B, d) embeddings or (B, V, d) views, not nec
                 variant:str='out', # 'out': L_out (the paper's); 'in': L_in (ablation)
                 gather:bool=False, # under torch.distributed: the loss of the global batch of all processes
                 chunk_size:int|None=None, # anchors per block (no N x N matrix); None: unchunked
+                validate_args:bool|None=None, # check the values (finite, labels); None: the package default
                )->Tensor: # scalar loss, in float32 for half-precision input
     "Supervised contrastive loss (Khosla et al. 2020), averaged over the anchors that have a positive."
-    if gather and world_size() > 1:
-        return _global_supcon(features, labels, _check_options(temperature, contrast_mode, variant), contrast_mode,
-                              variant, check_chunk_size(chunk_size))
-    losses, valid = supcon_anchor_losses(features, labels, temperature, contrast_mode, variant, chunk_size)
-    if not bool(valid.any()) or bool((labels == labels[0]).all()): return losses.sum() * 0  # no positive or no negative pair
-    return losses[valid].mean()
+    losses, valid, has_negative = _supcon(features, labels, temperature, contrast_mode, variant, chunk_size, validate_args, gather)
+    loss = global_mean(losses, valid)                      # 0 when no anchor has a positive
+    return torch.where(has_negative, loss, loss * 0)
 
 # %% ../nbs/04_supcon.ipynb #de100761
-class SupConLoss(nn.Module):
-    "Supervised contrastive loss as a module: `SupConLoss()(embeddings, labels)`; see `supcon_loss`."
-    def __init__(self,
-                 temperature:float=0.1, # tau
-                 contrast_mode:str='all', # 'all': every view is an anchor; 'one': only view 0
-                 variant:str='out', # 'out': L_out (the paper's); 'in': L_in (ablation)
-                 gather:bool=False, # under torch.distributed: the loss of the global batch of all processes
-                 chunk_size:int|None=None, # anchors per block (no N x N matrix); None: unchunked
-                ):
-        super().__init__()
-        self.temperature = _check_options(temperature, contrast_mode, variant)
-        self.contrast_mode, self.variant = contrast_mode, variant
-        self.gather, self.chunk_size = bool(gather), check_chunk_size(chunk_size)
-
-    def forward(self, embeddings:Tensor, # (B, d) or (B, V, d)
-                labels:Tensor, # (B,) integer labels
-               )->Tensor: # scalar loss
-        return supcon_loss(embeddings, labels, self.temperature, self.contrast_mode, self.variant, self.gather, self.chunk_size)
-
-    def extra_repr(self):
-        return (f"temperature={self.temperature}, contrast_mode={self.contrast_mode!r}, variant={self.variant!r}"
-                + (", gather=True" if self.gather else "") + (f", chunk_size={self.chunk_size}" if self.chunk_size else ""))
+class SupConLoss(LossModule):
+    "Supervised contrastive loss as a module: `SupConLoss()(embeddings, labels)`; options as `supcon_loss`."
+    fn, check_options, shown = staticmethod(supcon_loss), staticmethod(_check_options), ('temperature', 'contrast_mode', 'variant')

@@ -17,7 +17,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from silhouette_nb.process_group import gather_batch, global_mean, world_size
-from silhouette_nb.distances import class_distance_sums, pairwise_distances, one_hot, check_chunk_size, DISTANCES
+from silhouette_nb.distances import class_distance_sums, pairwise_distances, one_hot, DISTANCES
+from silhouette_nb.validation import check_chunk_size
 from silhouette_nb.silhouette import SoftSilhouetteLoss, soft_silhouette_loss, silhouette_score, soft_silhouette_score
 from silhouette_nb.supcon import SupConLoss, supcon_loss, supcon_anchor_losses, gram_logsumexp, chunked_gram_logsumexp
 from silhouette_nb.corel import GaussianCOREL, CosineCOREL, gaussian_corel_loss, cosine_corel_loss
@@ -204,10 +205,10 @@ def test_gather_is_the_identity_without_distributed():
 def test_gather_in_a_group_of_one():
     cases = {k: v for k, v in make_cases().items() if k in ('sil-euclidean-chunkNone', 'supcon-out-all-chunkNone', 'gaussian-corel')}
     (res,) = launch(one_process_worker, 1, cases, timeout=300)
-    for name, (fn, x, y) in cases.items():
+    for name, (fn, x, y) in cases.items():   # another process, maybe other threads: float64 rounding, not bit for bit
         loss, gx, _ = loss_and_grads(_plain(fn), x, y)
-        torch.testing.assert_close(res[name][0], loss, atol=0, rtol=0)
-        torch.testing.assert_close(res[name][1], gx, atol=0, rtol=0)
+        torch.testing.assert_close(res[name][0], loss, atol=1e-15, rtol=1e-15)
+        torch.testing.assert_close(res[name][1], gx, atol=1e-15, rtol=1e-15)
 
 
 # ---------------------------------------------------------------- launch itself
@@ -349,10 +350,11 @@ def test_chunked_paths_are_first_order_only():
 
 
 def test_bad_chunk_size():
-    for bad in (0, -3, 2.5, True, '8'):
-        with pytest.raises(ValueError, match='chunk_size must be'): check_chunk_size(bad)
-        with pytest.raises(ValueError, match='chunk_size must be'): SoftSilhouetteLoss(chunk_size=bad)
-        with pytest.raises(ValueError, match='chunk_size must be'): SupConLoss(chunk_size=bad)
+    for bad in (0, -3, 2.5, True, '8'):   # a value out of range: ValueError; not an int at all: TypeError (validation's rule)
+        err = ValueError if isinstance(bad, int) and not isinstance(bad, bool) else TypeError
+        with pytest.raises(err, match='chunk_size must be'): check_chunk_size(bad)
+        with pytest.raises(err, match='chunk_size must be'): SoftSilhouetteLoss(chunk_size=bad)
+        with pytest.raises(err, match='chunk_size must be'): SupConLoss(chunk_size=bad)
     with pytest.raises(ValueError, match='contiguous'): class_distance_sums(torch.randn(5, 2), torch.zeros(5, dtype=torch.long), 1, rows=slice(0, 5, 2))
 
 

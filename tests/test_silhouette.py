@@ -490,3 +490,47 @@ def test_bad_temperature(tau):
 def test_bad_arguments_raise_on_a_one_class_batch(kw, match):
     with pytest.raises(ValueError, match=match):
         soft_silhouette_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), **kw)
+
+
+# ---------------------------------------------------------------- one checking layer
+BAD_TEMPERATURES = [(math.inf, ValueError), (True, TypeError), ('0.1', TypeError), (None, TypeError), (0, ValueError),
+                    (-1, ValueError), (math.nan, ValueError), (1e-39, ValueError)]
+
+
+@pytest.mark.parametrize('tau,err', BAD_TEMPERATURES)
+def test_temperature_has_one_rule_everywhere(tau, err):
+    "The same error as `check_temperature` gives, naming temperature, from the module and every function."
+    from silhouette_nb.validation import check_temperature
+    with pytest.raises(err) as expected: check_temperature(tau)
+    x, y = torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])
+    for call in (lambda: SoftSilhouetteLoss(temperature=tau), lambda: SoftSilhouetteLoss(tau),
+                 lambda: soft_silhouette_loss(x, y, tau), lambda: soft_silhouette_score(x, y, tau),
+                 lambda: soft_silhouette_samples(x, y, temperature=tau)):
+        with pytest.raises(err, match='temperature') as got: call()
+        assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize('fn', FUNCS.values(), ids=FUNCS.keys())
+def test_batch_checked_once_per_call(fn, monkeypatch):
+    "check_batch (with its value checks) runs once per call, at the entry point."
+    import silhouette_nb.silhouette as sil
+    calls = []
+    real = sil.check_batch
+    monkeypatch.setattr(sil, 'check_batch', lambda *a, **k: calls.append(1) or real(*a, **k))
+    fn(torch.randn(8, 3), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize('fn', FUNCS.values(), ids=FUNCS.keys())
+def test_validate_args_off_skips_the_value_checks(fn):
+    "With validation off (per call or package-wide) NaN embeddings and negative labels are not looked at: no error."
+    from silhouette_nb.validation import set_default_validate_args
+    nan, y, neg = torch.full((4, 3), math.nan), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, -1, -1])
+    with pytest.raises(ValueError, match='NaN'): fn(nan, y)
+    with pytest.raises(ValueError, match='non-negative'): fn(torch.randn(4, 3), neg)
+    set_default_validate_args(False)
+    try: assert fn(nan, y).ndim <= 1 and torch.isfinite(fn(torch.randn(4, 3), neg)).all()
+    finally: set_default_validate_args(True)
+    for f in (silhouette_score, soft_silhouette_score, soft_silhouette_loss, SoftSilhouetteLoss(validate_args=False)):
+        kw = {} if isinstance(f, torch.nn.Module) else dict(validate_args=False)
+        assert f(nan, y, **kw).ndim == 0 and torch.isfinite(f(torch.randn(4, 3), neg, **kw))

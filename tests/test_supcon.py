@@ -259,3 +259,36 @@ def test_flatten_views_is_view_major():
     x = torch.randn(5, 3, 2)
     flat, y, V = flatten_views(x, torch.arange(5))
     assert V == 3 and torch.equal(flat, torch.cat(x.unbind(1))) and torch.equal(y, torch.arange(5).repeat(3))
+
+
+# ---------------------------------------------------------------- one checking layer
+@pytest.mark.parametrize('tau,err', [(math.inf, ValueError), (True, TypeError), ('0.1', TypeError), (None, TypeError),
+                                     (0, ValueError), (-1, ValueError), (math.nan, ValueError), (1e-39, ValueError)])
+def test_temperature_has_one_rule_everywhere(tau, err):
+    "The same error as `check_temperature` gives, naming temperature, from the module and every function."
+    from silhouette_nb.validation import check_temperature
+    with pytest.raises(err) as expected: check_temperature(tau)
+    x, y = torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])
+    for call in (lambda: SupConLoss(temperature=tau), lambda: SupConLoss(tau), lambda: supcon_loss(x, y, tau),
+                 lambda: supcon_anchor_losses(x, y, temperature=tau), lambda: supcon_loss(x, y, tau, gather=True)):
+        with pytest.raises(err, match='temperature') as got: call()
+        assert str(got.value) == str(expected.value)
+
+
+def test_batch_checked_once_per_call(monkeypatch):
+    import silhouette_nb.supcon as sc
+    calls = []
+    real = sc.check_batch
+    monkeypatch.setattr(sc, 'check_batch', lambda *a, **k: calls.append(1) or real(*a, **k))
+    for fn in (supcon_loss, supcon_anchor_losses, SupConLoss(variant='in', chunk_size=3)):
+        calls.clear()
+        fn(torch.randn(8, 2, 3), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+        assert len(calls) == 1
+
+
+def test_validate_args_off_skips_the_value_checks():
+    nan, y = torch.full((4, 3), math.nan), torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match='NaN'): supcon_loss(nan, y)
+    assert torch.isnan(supcon_loss(nan, y, validate_args=False))
+    assert torch.isnan(SupConLoss(validate_args=False)(nan, y))
+    assert supcon_loss(torch.randn(4, 3), torch.tensor([0, 0, -1, -1]), validate_args=False).isfinite()
