@@ -375,3 +375,18 @@ def test_the_multi_gpu_cell_applies_the_control_rule(monkeypatch):
     exec(cell, ns)                                    # passes: the controls differ, the gathered loss agrees
     errors['silhouette euclidean']['loss'] = 1e-3     # a real disagreement still fails it
     with pytest.raises(AssertionError, match='differs from one process'): exec(cell, ns)
+
+
+def local_losses_on_rank_zero():
+    "Rank 0 alone computes every loss without `gather` (a validation pass on one process): nothing may wait for rank 1."
+    if dist.get_rank() != 0: return None
+    torch.manual_seed(0)
+    x, y, v = torch.randn(12, 6), torch.arange(12) % 3, torch.randn(12, 2, 6)
+    return [float(SoftSilhouetteLoss()(x, y)), float(SupConLoss()(v, y)), float(SupConLoss()(x, y)),
+            float(GaussianCOREL(3, 6)(x, y)), float(CosineCOREL(3, 6)(x, y))]
+
+
+def test_losses_without_gather_use_no_collective():
+    "Without `gather`, a loss in a process group is the plain loss of its own batch and calls no collective (it hung)."
+    out = launch(local_losses_on_rank_zero, 2, timeout=60)
+    assert out[1] is None and len(out[0]) == 5 and all(math.isfinite(v) for v in out[0])
