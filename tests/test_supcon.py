@@ -292,3 +292,96 @@ def test_validate_args_off_skips_the_value_checks():
     assert torch.isnan(supcon_loss(nan, y, validate_args=False))
     assert torch.isnan(SupConLoss(validate_args=False)(nan, y))
     assert supcon_loss(torch.randn(4, 3), torch.tensor([0, 0, -1, -1]), validate_args=False).isfinite()
+
+
+# ---------------------------------------------------------------- mixed precision, torch.compile, host synchronisation
+VARIANTS = {f'{variant}-{mode}-chunk{chunk}': SupConLoss(0.1, mode, variant, chunk_size=chunk, validate_args=False)
+            for variant in ('out', 'in') for mode in ('all', 'one') for chunk in (None, 5)}
+
+
+def _autocast_run(fn, dtype, device='cpu', backward_inside=False):
+    "Loss and weight gradient of `fn` on a linear layer's two views, under autocast with `dtype` (None: plain float32)."
+    torch.manual_seed(0)
+    net = torch.nn.Linear(16, 32).to(device)
+    x, y = torch.randn(32, 2, 16, device=device), torch.randint(0, 5, (32,), device=device)
+    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        emb = net(x)
+        loss = fn(emb, y)
+        if backward_inside: loss.backward()
+    if not backward_inside: loss.backward()
+    return emb.dtype, loss, net.weight.grad
+
+
+@pytest.mark.parametrize('backward_inside', [False, True])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_autocast(name, dtype, backward_inside):
+    _, l32, _ = _autocast_run(VARIANTS[name], None)
+    emb_dtype, l, g = _autocast_run(VARIANTS[name], dtype, backward_inside=backward_inside)
+    assert emb_dtype == dtype and l.dtype == torch.float32
+    assert abs(l.item() - l32.item()) <= 1e-2 * abs(l32.item())
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_autocast_cuda(name, dtype):
+    _, l32, _ = _autocast_run(VARIANTS[name], None, 'cuda')
+    emb_dtype, l, g = _autocast_run(VARIANTS[name], dtype, 'cuda')
+    assert emb_dtype == dtype and l.dtype == torch.float32 and torch.isfinite(g).all()
+    assert abs(l.item() - l32.item()) <= 1e-2 * abs(l32.item())
+
+
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_no_host_sync_and_no_graph_break_without_validation(name):
+    "SupCon needs no value on the host at all: labels re-coded by a sort, degenerate batches decided on the device."
+    from silhouette_nb.validation import host_syncs
+    x, y = torch.randn(12, 2, 4, requires_grad=True), torch.tensor([0, 0, 1, 1, 1, 3, 3, 3, 5, 5, 2, 7])
+    with host_syncs() as s: VARIANTS[name](x, y).backward()
+    assert s.ops == []
+    with host_syncs() as s: SupConLoss(variant=VARIANTS[name].variant)(x, y)   # the check of the check: validation reads
+    assert len(s.ops) >= 2
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(VARIANTS[name])(x, y).graph_break_count == 0
+
+
+@pytest.mark.slow
+def test_compiled_equals_eager():
+    x, y = torch.randn(40, 2, 8), torch.randint(0, 5, (40,))
+    for fn in (VARIANTS['out-all-chunkNone'], VARIANTS['in-all-chunk5']):
+        torch._dynamo.reset()
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        lc = torch.compile(fn, fullgraph=True)(a, y); lc.backward()
+        le = fn(b, y); le.backward()
+        torch.testing.assert_close(lc, le, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_no_host_sync_cuda(name):
+    x = torch.randn(12, 2, 4, device='cuda', requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1, 1, 3, 3, 3, 5, 5, 2, 7], device='cuda')
+    torch.cuda.set_sync_debug_mode('error')
+    try: VARIANTS[name](x, y).backward()
+    finally: torch.cuda.set_sync_debug_mode('default')
+
+
+# ---------------------------------------------------------------- edges
+@pytest.mark.parametrize('scale', [1e-30, 1e30])
+@pytest.mark.parametrize('variant', ['out', 'in'])
+def test_scale_invariant_in_float32(scale, variant):
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 2, 4), torch.randint(0, 3, (16,))
+    xs = (x * scale).requires_grad_()
+    loss = supcon_loss(xs, y, variant=variant)
+    loss.backward()
+    torch.testing.assert_close(loss, supcon_loss(x, y, variant=variant), atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(xs.grad).all() and (xs.grad != 0).any()
+
+
+def test_labels_on_another_device_name_the_labels():
+    x, y = torch.randn(4, 3, device='meta'), torch.tensor([0, 0, 1, 1])
+    for call in (lambda: supcon_loss(x, y), lambda: SupConLoss()(x[:, None].expand(4, 2, 3), y)):
+        with pytest.raises(ValueError, match='labels are on cpu but embeddings are on meta'): call()
