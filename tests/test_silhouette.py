@@ -535,17 +535,33 @@ def test_validate_args_off_skips_the_value_checks(fn):
 
 
 # ---------------------------------------------------------------- mixed precision, torch.compile, host synchronisation
-def _autocast_run(fn, dtype, device='cpu', backward_inside=False):
-    "Loss and weight gradient of `fn` on a linear layer's output, under autocast with `dtype` (None: plain float32)."
+def autocast_run(fn, dtype, device='cpu', backward_inside=False, shape=(64, 16)):
+    "dtype of the embeddings, loss and weight gradient of `fn` on a linear layer's output, under autocast with `dtype` (None: float32)."
     torch.manual_seed(0)
     net = torch.nn.Linear(16, 32).to(device)
-    x, y = torch.randn(64, 16, device=device), torch.randint(0, 5, (64,), device=device)
+    x, y = torch.randn(*shape, device=device), torch.randint(0, 5, shape[:1], device=device)
     with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
         emb = net(x)
         loss = fn(emb, y)
         if backward_inside: loss.backward()
     if not backward_inside: loss.backward()
     return emb.dtype, loss, net.weight.grad
+
+
+def check_autocast(fn, dtype, device='cpu', backward_inside=False, shape=(64, 16)):
+    "Half-precision embeddings, a float32 loss within 1e-2 of the float32 one, finite non-zero gradients."
+    _, l32, _ = autocast_run(fn, None, device, shape=shape)
+    emb_dtype, l, g = autocast_run(fn, dtype, device, backward_inside, shape)
+    assert emb_dtype == dtype and l.dtype == torch.float32
+    assert abs(l.item() - l32.item()) <= 1e-2 * abs(l32.item())
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def check_no_sync_cuda(fn, x, y):
+    "On a GPU, torch's own detector: any synchronisation in forward or backward raises."
+    torch.cuda.set_sync_debug_mode('error')
+    try: fn(x.cuda().requires_grad_(), y.cuda()).backward()
+    finally: torch.cuda.set_sync_debug_mode('default')
 
 
 AUTOCAST_FNS = {f'{name}-{distance}': (lambda f, distance: lambda e, y: f(e, y, distance=distance))(f, distance)
@@ -560,23 +576,14 @@ AUTOCAST_FNS.update({'loss-chunked': lambda e, y: soft_silhouette_loss(e, y, chu
 @pytest.mark.parametrize('name', list(AUTOCAST_FNS))
 def test_autocast(name, dtype, backward_inside):
     "Under autocast the embeddings are half precision; the loss is computed in float32, returned in float32, close to float32."
-    fn = AUTOCAST_FNS[name]
-    _, l32, g32 = _autocast_run(fn, None)
-    emb_dtype, l, g = _autocast_run(fn, dtype, backward_inside=backward_inside)
-    assert emb_dtype == dtype and l.dtype == torch.float32
-    assert abs(l.item() - l32.item()) <= 1e-2 * abs(l32.item())
-    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    check_autocast(AUTOCAST_FNS[name], dtype, backward_inside=backward_inside)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('name', list(AUTOCAST_FNS))
 def test_autocast_cuda(name, dtype):
-    fn = AUTOCAST_FNS[name]
-    _, l32, _ = _autocast_run(fn, None, 'cuda')
-    emb_dtype, l, g = _autocast_run(fn, dtype, 'cuda')
-    assert emb_dtype == dtype and l.dtype == torch.float32 and torch.isfinite(g).all()
-    assert abs(l.item() - l32.item()) <= 1e-2 * abs(l32.item())
+    check_autocast(AUTOCAST_FNS[name], dtype, 'cuda')
 
 
 HOT = {f'{distance}-chunk{chunk}': SoftSilhouetteLoss(distance=distance, chunk_size=chunk, n_classes=6, validate_args=False)
@@ -613,27 +620,25 @@ def test_no_graph_break_without_validation(name):
     assert torch._dynamo.explain(lambda x, y: silhouette_score(x, y, n_classes=6, validate_args=False))(x, y).graph_break_count == 0
 
 
-@pytest.mark.slow
-def test_compiled_equals_eager():
+def check_compiled_equals_eager(fn, x, y):
     "torch.compile (inductor, whole graph) gives the eager loss and gradient."
-    x, y = torch.randn(40, 8), torch.randint(0, 5, (40,))
-    fn = SoftSilhouetteLoss(n_classes=5, validate_args=False)
     torch._dynamo.reset()
     a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
     lc = torch.compile(fn, fullgraph=True)(a, y); lc.backward()
     le = fn(b, y); le.backward()
-    torch.testing.assert_close(lc, le, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(lc, le, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_equals_eager():
+    check_compiled_equals_eager(SoftSilhouetteLoss(n_classes=5, validate_args=False), torch.randn(40, 8), torch.randint(0, 5, (40,)))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 @pytest.mark.parametrize('name', list(HOT))
 def test_no_host_sync_cuda(name):
-    "On a GPU, torch's own detector: any synchronisation in forward or backward raises."
-    x, y = torch.randn(12, 4, device='cuda', requires_grad=True), torch.tensor([0, 0, 1, 1, 1, 3, 3, 3, 5, 5, 2, 2], device='cuda')
-    torch.cuda.set_sync_debug_mode('error')
-    try: HOT[name](x, y).backward()
-    finally: torch.cuda.set_sync_debug_mode('default')
+    check_no_sync_cuda(HOT[name], torch.randn(12, 4), torch.tensor([0, 0, 1, 1, 1, 3, 3, 3, 5, 5, 2, 2]))
 
 
 # ---------------------------------------------------------------- edges

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, assume, HealthCheck, strategies as st
 from pytorch_metric_learning.losses import SupConLoss as PMLSupConLoss
 from silhouette_nb.supcon import supcon_loss, supcon_anchor_losses, SupConLoss, gram_logsumexp, flatten_views
+from test_silhouette import check_autocast, check_compiled_equals_eager, check_no_sync_cuda   # the same checks for every loss
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -299,38 +300,18 @@ VARIANTS = {f'{variant}-{mode}-chunk{chunk}': SupConLoss(0.1, mode, variant, chu
             for variant in ('out', 'in') for mode in ('all', 'one') for chunk in (None, 5)}
 
 
-def _autocast_run(fn, dtype, device='cpu', backward_inside=False):
-    "Loss and weight gradient of `fn` on a linear layer's two views, under autocast with `dtype` (None: plain float32)."
-    torch.manual_seed(0)
-    net = torch.nn.Linear(16, 32).to(device)
-    x, y = torch.randn(32, 2, 16, device=device), torch.randint(0, 5, (32,), device=device)
-    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-        emb = net(x)
-        loss = fn(emb, y)
-        if backward_inside: loss.backward()
-    if not backward_inside: loss.backward()
-    return emb.dtype, loss, net.weight.grad
-
-
 @pytest.mark.parametrize('backward_inside', [False, True])
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('name', list(VARIANTS))
 def test_autocast(name, dtype, backward_inside):
-    _, l32, _ = _autocast_run(VARIANTS[name], None)
-    emb_dtype, l, g = _autocast_run(VARIANTS[name], dtype, backward_inside=backward_inside)
-    assert emb_dtype == dtype and l.dtype == torch.float32
-    assert abs(l.item() - l32.item()) <= 1e-2 * abs(l32.item())
-    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    check_autocast(VARIANTS[name], dtype, backward_inside=backward_inside, shape=(32, 2, 16))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('name', list(VARIANTS))
 def test_autocast_cuda(name, dtype):
-    _, l32, _ = _autocast_run(VARIANTS[name], None, 'cuda')
-    emb_dtype, l, g = _autocast_run(VARIANTS[name], dtype, 'cuda')
-    assert emb_dtype == dtype and l.dtype == torch.float32 and torch.isfinite(g).all()
-    assert abs(l.item() - l32.item()) <= 1e-2 * abs(l32.item())
+    check_autocast(VARIANTS[name], dtype, 'cuda', shape=(32, 2, 16))
 
 
 @pytest.mark.parametrize('name', list(VARIANTS))
@@ -347,25 +328,15 @@ def test_no_host_sync_and_no_graph_break_without_validation(name):
 
 
 @pytest.mark.slow
-def test_compiled_equals_eager():
-    x, y = torch.randn(40, 2, 8), torch.randint(0, 5, (40,))
-    for fn in (VARIANTS['out-all-chunkNone'], VARIANTS['in-all-chunk5']):
-        torch._dynamo.reset()
-        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-        lc = torch.compile(fn, fullgraph=True)(a, y); lc.backward()
-        le = fn(b, y); le.backward()
-        torch.testing.assert_close(lc, le, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4)
+@pytest.mark.parametrize('name', ['out-all-chunkNone', 'in-all-chunk5'])
+def test_compiled_equals_eager(name):
+    check_compiled_equals_eager(VARIANTS[name], torch.randn(40, 2, 8), torch.randint(0, 5, (40,)))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 @pytest.mark.parametrize('name', list(VARIANTS))
 def test_no_host_sync_cuda(name):
-    x = torch.randn(12, 2, 4, device='cuda', requires_grad=True)
-    y = torch.tensor([0, 0, 1, 1, 1, 3, 3, 3, 5, 5, 2, 7], device='cuda')
-    torch.cuda.set_sync_debug_mode('error')
-    try: VARIANTS[name](x, y).backward()
-    finally: torch.cuda.set_sync_debug_mode('default')
+    check_no_sync_cuda(VARIANTS[name], torch.randn(12, 2, 4), torch.tensor([0, 0, 1, 1, 1, 3, 3, 3, 5, 5, 2, 7]))
 
 
 # ---------------------------------------------------------------- edges
