@@ -69,11 +69,13 @@ def gather_batch(x:Tensor, # (B_r, ...) this process's embeddings (or views)
 
 def global_mean(v:Tensor, # this process's values (any shape, may be empty)
                 mask:Tensor|None=None, # bool, v's shape: average only these values (0 when none is, anywhere)
+                across:bool=True, # False: this process's values only (no collective), e.g. a loss without `gather`
                )->Tensor: # scalar mean of the values of all processes
     "Mean over the values (where `mask`) of every process, differentiable with the adjoint backward; `v.mean()` on one process."
-    if world_size() == 1 and mask is None: return v.mean()
+    across = across and world_size() > 1
+    if not across and mask is None: return v.mean()
     total, n = (v.sum(), v.numel()) if mask is None else (torch.where(mask, v, 0).sum(), mask.sum())
-    if world_size() > 1:
+    if across:
         total = _AllReduceSum.apply(total)
         n = torch.as_tensor(n, dtype=total.dtype, device=total.device).clone()
         dist.all_reduce(n)

@@ -167,7 +167,7 @@ def supcon_loss(features:Tensor, # (B, d) embeddings or (B, V, d) views, not nec
     "Supervised contrastive loss (Khosla et al. 2020), averaged over the anchors that have a positive."
     losses, valid, has_negative = _supcon(features, labels, temperature, contrast_mode, variant, chunk_size, validate_args, gather)
     with no_autocast(losses):
-        loss = global_mean(losses, valid)                  # 0 when no anchor has a positive
+        loss = global_mean(losses, valid, across=gather)   # 0 when no anchor has a positive
         return torch.where(has_negative, loss, loss * 0)
 
 # %% ../nbs/04_supcon.ipynb #de100761
