@@ -18,10 +18,14 @@ runs one warm-up forward + backward first, so one-time costs (thread pools, auto
 counted. (Without the reset, the high-water mark left by `import torch` hides allocations of tens of MiB.) Where
 `clear_refs` cannot be written, `resource.getrusage(...).ru_maxrss` is used instead and a call whose peak stays under
 the setup's high-water mark is reported as `None`. `calibrate_memory` checks the method on a known allocation.
+
+Compiled: `compare_compiled` times a loss eager and under `torch.compile` (inductor, one graph, static shapes), the
+runs interleaved as above; the compilation (the first call) is timed apart and left out of the medians.
 """
 import gc, multiprocessing as mp, os, resource, statistics, time
+import torch
 
-__all__ = ['time_fwd_bwd', 'compare_fwd_bwd', 'peak_memory_fwd_bwd', 'calibrate_memory']
+__all__ = ['time_fwd_bwd', 'compare_fwd_bwd', 'compare_compiled', 'print_compiled_table', 'peak_memory_fwd_bwd', 'calibrate_memory']
 
 
 def _clear_grads(args):
@@ -53,6 +57,27 @@ def compare_fwd_bwd(fns:dict, *args, repeats:int=5, warmup:int=1) -> dict:
             _fwd_bwd(fn, args)
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def compare_compiled(fn, *args, repeats:int=5) -> tuple:
+    "(eager s, compiled s, compile s): median forward + backward of `fn(*args)` eager and compiled, and the first compiled call."
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+    t = time.perf_counter()
+    _fwd_bwd(compiled, args)
+    first = time.perf_counter() - t
+    times = compare_fwd_bwd({'eager': fn, 'compiled': compiled}, *args, repeats=repeats)
+    return times['eager'], times['compiled'], first
+
+
+def print_compiled_table(title, make_loss, make_batch, sizes, repeats:int=5):
+    "Print eager vs compiled times of `make_loss(K)` on `make_batch(B, K)` for every B in `sizes` and K in (10, 100)."
+    head = f"{'B':>5} {'K':>4} | {'eager ms':>9} {'compiled ms':>11} {'compiled/eager':>14} | {'compile s':>9}"
+    print(f"# {title}, eager vs torch.compile (inductor, fullgraph)"); print(head); print('-' * len(head))
+    for B in sizes:
+        for K in (10, 100):
+            eager, compiled, first = compare_compiled(make_loss(K), *make_batch(B, K), repeats=repeats)
+            print(f"{B:>5} {K:>4} | {eager * 1e3:>9.1f} {compiled * 1e3:>11.1f} {compiled / eager:>14.3f} | {first:>9.1f}", flush=True)
 
 
 def _status(key) -> int:

@@ -13,14 +13,16 @@ for every contender:
 Time is the median of `--repeats` interleaved forward + backward runs after a warm-up (`_measure.compare_fwd_bwd`), so
 that a busy machine slows every contender alike and the ratios stay meaningful. Peak memory is the RSS high-water
 mark of one forward + backward in a fresh process (`_measure.peak_memory_fwd_bwd`; method and calibration there).
-Ratios below 1 mean ours is faster / smaller. Nothing is asserted.
+Ratios below 1 mean ours is faster / smaller. Then, unless `--no-compile`: `SoftSilhouetteLoss(n_classes=K,
+validate_args=False)` (no host synchronisation, one graph) eager and under `torch.compile` (`_measure.compare_compiled`;
+compilation timed apart). Nothing is asserted.
 """
 import argparse, os, platform, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from pytorch_metric_learning.losses import SupConLoss as PMLSupConLoss
 from silhouette_nb.silhouette import SoftSilhouetteLoss
-from _measure import compare_fwd_bwd, peak_memory_fwd_bwd, calibrate_memory
+from _measure import compare_fwd_bwd, print_compiled_table, peak_memory_fwd_bwd, calibrate_memory
 
 D = 128
 NAMES = ('sil', 'sil-sq', 'PML', 'Gram')
@@ -52,6 +54,7 @@ def main():
     ap.add_argument('--quick', action='store_true', help='skip B = 4096')
     ap.add_argument('--repeats', type=int, default=5)
     ap.add_argument('--no-memory', action='store_true', help='time only')
+    ap.add_argument('--no-compile', action='store_true', help='skip the compiled vs eager table')
     ap.add_argument('--threads', type=int, default=None, help="torch threads (default: torch's choice)")
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads); os.environ['OMP_NUM_THREADS'] = str(a.threads)
@@ -73,6 +76,9 @@ def main():
             print(f"{B:>5} {K:>4} | " + " ".join(f"{t[n] * 1e3:>10.1f}" for n in NAMES) +
                   f" | {t['sil'] / t['PML']:>7.3f} {t['sil'] / t['Gram']:>8.2f} {t['sil-sq'] / t['PML']:>7.3f} | " +
                   " ".join(f"{mib(mem[n]):>10.1f}" for n in NAMES), flush=True)
+    if not a.no_compile:
+        print_compiled_table('SoftSilhouetteLoss(n_classes=K, validate_args=False)',
+                             lambda K: SoftSilhouetteLoss(n_classes=K, validate_args=False), make_batch, sizes, a.repeats)
 
 
 if __name__ == '__main__':

@@ -9,14 +9,15 @@ for both losses (temperature 0.1). Both losses are first evaluated on that batch
 warm-up run (`_measure.compare_fwd_bwd`), with torch's default threads unless `--threads`. Peak memory is the RSS high-water mark of one forward + backward in a fresh
 process minus the RSS just before it, after resetting the high-water mark (`_measure.peak_memory_fwd_bwd`; the method is explained and calibrated there:
 the first printed line allocates a known 4096 x 4096 float32 tensor). Ratios are ours / PML: below 1 is better.
-Nothing is asserted about speed.
+Then, unless `--no-compile`: `SupConLoss(validate_args=False)` (no host synchronisation, one graph) eager and under
+`torch.compile` (`_measure.compare_compiled`; compilation timed apart). Nothing is asserted about speed.
 """
 import argparse, os, platform, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch
 from pytorch_metric_learning.losses import SupConLoss as PMLSupConLoss
 from silhouette_nb.supcon import SupConLoss
-from _measure import compare_fwd_bwd, peak_memory_fwd_bwd, calibrate_memory
+from _measure import compare_fwd_bwd, print_compiled_table, peak_memory_fwd_bwd, calibrate_memory
 
 D, TAU = 128, 0.1
 
@@ -45,6 +46,7 @@ def main():
     ap.add_argument('--quick', action='store_true', help='skip B = 4096')
     ap.add_argument('--repeats', type=int, default=5)
     ap.add_argument('--threads', type=int, default=None, help='torch threads (default: torch\'s choice)')
+    ap.add_argument('--no-compile', action='store_true', help='skip the compiled vs eager table')
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads); os.environ['OMP_NUM_THREADS'] = str(a.threads)
     sizes = [256, 1024] if a.quick else [256, 1024, 4096]
@@ -66,6 +68,8 @@ def main():
             m_ours, m_pml = peak_memory_fwd_bwd(factory, 'ours', B, K), peak_memory_fwd_bwd(factory, 'pml', B, K)
             print(f"{B:>5} {K:>4} | {t['ours']*1e3:>9.1f} {t['pml']*1e3:>9.1f} {t['ours']/t['pml']:>10.3f} | "
                   f"{mib(m_ours):>9.1f} {mib(m_pml):>9.1f} {mib(m_ours)/mib(m_pml):>9.3f} | {rel:>8.1e}", flush=True)
+    if not a.no_compile:
+        print_compiled_table('SupConLoss(validate_args=False)', lambda K: SupConLoss(TAU, validate_args=False), make_batch, sizes, a.repeats)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,7 @@ __all__ = ['DISTANCES', 'sq_euclidean', 'euclidean', 'unit_rows', 'cosine', 'pai
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .validation import check_distance, check_chunk_size
+from .validation import check_distance, check_chunk_size, no_autocast
 
 # %% ../nbs/02_distances.ipynb #0f4a0f49
 def sq_euclidean(x:Tensor, # (B, d)
@@ -42,8 +42,9 @@ class _Euclidean(torch.autograd.Function):
     "Euclidean distances with the subgradient 0 at zero distance (see the derivation above)."
     @staticmethod
     def forward(ctx, x, z, same):
-        sx = (x*x).sum(1)
-        d = _gram_sqdist(x, z, sx, sx if same else (z*z).sum(1)).sqrt_()
+        with no_autocast(x):
+            sx = (x*x).sum(1)
+            d = _gram_sqdist(x, z, sx, sx if same else (z*z).sum(1)).sqrt_()
         if same: d.fill_diagonal_(0)
         ctx.save_for_backward(x, z, d)
         ctx.same = same
@@ -52,11 +53,12 @@ class _Euclidean(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         x, z, d = ctx.saved_tensors
-        h = torch.where(d > 0, g / d.clamp_min(torch.finfo(d.dtype).tiny), 0)   # g_ij / D_ij, 0 where D_ij = 0
-        if ctx.same:  # x and z are one tensor: both gradients land on it
-            gx, gz = _pair_grads(h, x, x)
-            return gx + gz, None, None
-        gx, gz = _pair_grads(h, x, z, need_x=ctx.needs_input_grad[0], need_z=ctx.needs_input_grad[1])
+        with no_autocast(g):
+            h = torch.where(d > 0, g / d.clamp_min(torch.finfo(d.dtype).tiny), 0)   # g_ij / D_ij, 0 where D_ij = 0
+            if ctx.same:  # x and z are one tensor: both gradients land on it
+                gx, gz = _pair_grads(h, x, x)
+                return gx + gz, None, None
+            gx, gz = _pair_grads(h, x, z, need_x=ctx.needs_input_grad[0], need_z=ctx.needs_input_grad[1])
         return gx, gz, None
 
 # %% ../nbs/02_distances.ipynb #e6c06a48
@@ -69,10 +71,11 @@ def euclidean(x:Tensor, # (B, d)
 # %% ../nbs/02_distances.ipynb #ad85c267
 def unit_rows(x:Tensor, # (B, d)
              )->Tensor: # (B, d) rows of unit norm; a zero row stays 0
-    "Rows scaled to unit L2 norm; a zero row stays 0, with gradient 0 (no 1/eps blow-up)."
+    "Rows scaled to unit L2 norm at any scale; a zero row stays 0, with gradient 0 (no 1/eps blow-up)."
+    s = x.abs().amax(-1, keepdim=True)               # each row's largest magnitude
+    x = x / torch.where(s > 0, s, 1)                 # entries in [-1, 1]: the norm can neither overflow nor underflow
     n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    nz = n > 0
-    return x / torch.where(nz, n, 1) * nz
+    return x / torch.where(n > 0, n, 1) * (n > 0)
 
 # %% ../nbs/02_distances.ipynb #b75084c1
 def cosine(x:Tensor, # (B, d)
@@ -111,11 +114,12 @@ def encode_labels(y:Tensor, # (B,) integer labels
     return codes, y.new_zeros(int(codes.max()) + 1).scatter_(0, codes, y)   # K read on the host
 
 def one_hot(codes:Tensor, # (B,) codes in 0..K-1
-            n_classes:int|None=None, # K; `codes.max()+1` when None
+            n_classes:int|None=None, # K; `codes.max()+1` when None (read on the host)
             dtype:torch.dtype=torch.float32, # dtype of the matrix
-           )->Tensor: # (B, K) one-hot matrix
-    "The one-hot matrix $Y$ of `codes`."
-    return F.one_hot(codes, n_classes if n_classes is not None else int(codes.max()) + 1).to(dtype)
+           )->Tensor: # (B, K) one-hot matrix; a code outside 0..K-1 gives a zero row
+    "The one-hot matrix $Y$ of `codes`, by comparison with `0..K-1` (no value of `codes` is read on the host)."
+    K = n_classes if n_classes is not None else int(codes.max()) + 1
+    return (codes[:, None] == torch.arange(K, device=codes.device)).to(dtype)
 
 # %% ../nbs/02_distances.ipynb #42d01bf7
 def class_counts(Y:Tensor, # (B, K) one-hot matrix
@@ -131,9 +135,9 @@ def class_sums(v:Tensor, # (B, ...) values per sample
 
 def class_means(x:Tensor, # (B, d) embeddings
                 Y:Tensor, # (B, K) one-hot matrix
-               )->Tensor: # (K, d) class means
-    "Per-class means $\\mu_c$; every column of `Y` must have a member."
-    return class_sums(x, Y) / class_counts(Y).to(x.dtype)[:, None]
+               )->Tensor: # (K, d) class means; 0 for an empty class
+    "Per-class means $\\mu_c$; an empty column of `Y` gives the mean 0 (not NaN)."
+    return class_sums(x, Y) / class_counts(Y).to(x.dtype).clamp_min(1)[:, None]
 
 # %% ../nbs/02_distances.ipynb #f72c168f
 def mean_distance_to_classes(D:Tensor, # (B, B) distances within the batch, zero diagonal
@@ -166,12 +170,13 @@ class _ClassDistanceSums(torch.autograd.Function):
     "S[i, c] = sum over the members j of class c of D(x_i, x_j), rows i in start:stop by blocks: one block keeps D, several recompute it."
     @staticmethod
     def forward(ctx, x, codes, n_classes, distance, start, stop, chunk):
-        sx = (x*x).sum(1) if distance != 'cosine' else None
-        s = x.new_zeros(stop - start, n_classes)
-        for b0 in range(start, stop, chunk):
-            b1 = min(b0 + chunk, stop)
-            d, ok = _distance_block(x, sx, b0, b1, distance)
-            s[b0 - start:b1 - start].index_add_(1, codes, d)
+        with no_autocast(x):
+            sx = (x*x).sum(1) if distance != 'cosine' else None
+            s = x.new_zeros(stop - start, n_classes)
+            for b0 in range(start, stop, chunk):
+                b1 = min(b0 + chunk, stop)
+                d, ok = _distance_block(x, sx, b0, b1, distance)
+                s[b0 - start:b1 - start].index_add_(1, codes, d)
         ctx.save_for_backward(x, codes, *((d, ok) if stop - start <= chunk else (None, None)))
         ctx.args = distance, start, stop, chunk
         return s
@@ -183,17 +188,18 @@ class _ClassDistanceSums(torch.autograd.Function):
                                "distance='cosine' or 'sqeuclidean' without chunk_size")
         x, codes, d_kept, ok_kept = ctx.saved_tensors
         distance, start, stop, chunk = ctx.args
-        sx = (x*x).sum(1) if distance != 'cosine' and d_kept is None else None
-        gx = torch.zeros_like(x)
-        for b0 in range(start, stop, chunk):
-            b1 = min(b0 + chunk, stop)
-            d, ok = (d_kept, ok_kept) if d_kept is not None else _distance_block(x, sx, b0, b1, distance)
-            h = gs[b0 - start:b1 - start].index_select(1, codes)       # dL/dD_ij = G[i, y_j]
-            if distance == 'euclidean': h.div_(d).nan_to_num_(0., 0., 0.)   # / D_ij, 0 where D_ij = 0
-            else: h.masked_fill_(~ok, 0)
-            g_rows, g_all = _pair_grads(h, x[b0:b1], x, 2. if distance == 'sqeuclidean' else 1., distance != 'cosine')
-            gx[b0:b1] += g_rows
-            gx += g_all
+        with no_autocast(x):
+            sx = (x*x).sum(1) if distance != 'cosine' and d_kept is None else None
+            gx = torch.zeros_like(x)
+            for b0 in range(start, stop, chunk):
+                b1 = min(b0 + chunk, stop)
+                d, ok = (d_kept, ok_kept) if d_kept is not None else _distance_block(x, sx, b0, b1, distance)
+                h = gs[b0 - start:b1 - start].index_select(1, codes)       # dL/dD_ij = G[i, y_j]
+                if distance == 'euclidean': h.div_(d).nan_to_num_(0., 0., 0.)   # / D_ij, 0 where D_ij = 0
+                else: h.masked_fill_(~ok, 0)
+                g_rows, g_all = _pair_grads(h, x[b0:b1], x, 2. if distance == 'sqeuclidean' else 1., distance != 'cosine')
+                gx[b0:b1] += g_rows
+                gx += g_all
         return gx, None, None, None, None, None, None
 
 def _class_distance_sums(x, codes, n_classes, distance, rows, chunk_size):
@@ -218,7 +224,7 @@ def mean_sqeuclidean_to_classes(x:Tensor, # (B, d) embeddings
     Y = Y.to(x.dtype)
     n = class_counts(Y)
     mu = class_means(x, Y)                                  # (K, d)
-    var = class_sums(((x - Y @ mu)**2).sum(1), Y) / n      # (K,)  sigma_c^2
+    var = class_sums(((x - Y @ mu)**2).sum(1), Y) / n.clamp_min(1)   # (K,)  sigma_c^2, 0 for an empty class
     m = sq_euclidean(x, mu) + var                           # (B, K) mean over all members, self included
     if exclude_self: m = m * torch.where(Y > 0, n / (n - 1).clamp_min(1), 1.)
     return m

@@ -13,9 +13,10 @@ import inspect, math
 import torch
 import torch.nn as nn
 from torch import Tensor
-from .validation import check_batch, check_temperature, check_distance, check_chunk_size, LossModule
-from .distances import (unit_rows, cosine, encode_labels, one_hot, class_counts, mean_distance_to_classes,
-                                     mean_sqeuclidean_to_classes, class_distance_sums, _class_distance_sums)
+from .validation import (check_batch, check_temperature, check_distance, check_chunk_size, check_positive_int,
+                                      validating, no_autocast, LossModule)
+from .distances import (unit_rows, cosine, dense_codes, one_hot, class_counts, mean_distance_to_classes,
+                                     mean_sqeuclidean_to_classes, _class_distance_sums)
 from .process_group import gather_batch, global_mean, world_size
 
 # %% ../nbs/03_silhouette.ipynb #d7d4edf0
@@ -43,32 +44,49 @@ def class_mean_distances(x:Tensor, # (B, d) embeddings
     return M, Y
 
 # %% ../nbs/03_silhouette.ipynb #325d1862
-def _own_other(M, Y):
-    "a = own-class column of M; M with the own class masked to +inf."
-    own = Y > 0
-    return (M * Y).sum(1), M.masked_fill(own, math.inf)
+def _own_other(M, Y, n=None):
+    "a = own-class column of M; M with the own class, and the classes absent from the batch (n = 0), masked to +inf."
+    left_out = Y > 0 if n is None else (Y > 0) | (n == 0)
+    return (M * Y).sum(1), M.masked_fill(left_out, math.inf)
 
-def _silhouette_from(a, b, n_own):
-    "s(i) from a(i), b(i), with s = 0 for singletons and where max(a, b) = 0."
-    den = torch.maximum(a, b)
-    ok = (n_own > 1) & (den > 0)
-    return torch.where(ok, (b - a) / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+def _silhouette_from(a, b, n_own, hard=None):
+    "s(i) from a(i) and b(i) (soft, with `hard` the minimum): 0 for singletons, without another class, and where max(a, hard) = 0."
+    hard = b if hard is None else hard
+    ok = (n_own > 1) & torch.isfinite(hard) & (torch.maximum(a, hard) > 0)
+    b = torch.where(ok, b, 0)
+    return torch.where(ok, (b - a) / torch.where(ok, torch.maximum(a, b), 1), 0)
 
 # %% ../nbs/03_silhouette.ipynb #235ca20a
-def _silhouettes(x, codes, n_classes, temperature, distance, rows=None, chunk_size=None):
-    "Exact (`temperature` None) or soft silhouette of the samples `rows` (all when None) of a checked batch."
-    M, Y, n = _class_mean_distances(x, codes, n_classes, distance, rows, chunk_size)
-    a, other = _own_other(M, Y)
-    b = other.amin(1) if temperature is None else soft_min(other, temperature)
-    return _silhouette_from(a, b, Y @ n)
+def _codes(y, n_classes):
+    "Label codes and the number K of columns: the labels themselves under `n_classes`, else the classes present (K read on the host)."
+    if n_classes is not None: return y, n_classes
+    codes = dense_codes(y)
+    return codes, int(codes.max()) + 1
 
-def _scored_batch(x, y, distance, chunk_size, validate_args):
-    "The checks of a score's entry point: (x, codes, K) of a batch with at least 2 classes."
-    check_distance(distance); check_chunk_size(chunk_size)
-    x, y = check_batch(x, y, validate_args)
-    codes, classes = encode_labels(y)
-    if len(classes) < 2: raise ValueError(f"the silhouette needs at least 2 classes in the batch, got {len(classes)}")
-    return x, codes, len(classes)
+def _silhouettes(x, codes, n_classes, temperature, distance, rows=None, chunk_size=None):
+    "Exact (`temperature` None) or soft silhouette of the samples `rows` (all when None) of a checked batch; and the number of classes present."
+    M, Y, n = _class_mean_distances(x, codes, n_classes, distance, rows, chunk_size)
+    a, other = _own_other(M, Y, n)
+    hard = other.amin(1)
+    b = hard if temperature is None else soft_min(other, temperature)
+    return _silhouette_from(a, b, Y @ n, hard), (n > 0).sum()
+
+def _two_classes(k):
+    if k < 2: raise ValueError(f"the silhouette needs at least 2 classes in the batch, got {k}")
+
+def _check_scoring(distance, chunk_size, n_classes):
+    "The options every silhouette entry point takes, by the rules of `validation`."
+    return check_distance(distance), check_chunk_size(chunk_size), check_positive_int(n_classes, 'n_classes', optional=True)
+
+def _scores(x, y, temperature, distance, chunk_size, n_classes, validate_args):
+    "A score's entry point, `temperature` checked: the other checks, then the (soft) silhouette of every sample."
+    _check_scoring(distance, chunk_size, n_classes)
+    x, y = check_batch(x, y, validate_args, n_classes)
+    codes, K = _codes(y, n_classes)
+    if n_classes is None: _two_classes(K)                                  # K is on the host already
+    with no_autocast(x): s, present = _silhouettes(x, codes, K, temperature, distance, chunk_size=chunk_size)
+    if n_classes is not None and validating(validate_args): _two_classes(int(present))   # a value check
+    return s
 
 def _mean_of(samples, name, doc):
     "A score: the mean of what `samples` returns, taking `samples`'s arguments (signature and parameter docs included)."
@@ -82,23 +100,25 @@ def silhouette_samples(x:Tensor, # (B, d) embeddings, used as given (no normalis
                        y:Tensor, # (B,) integer labels, at least 2 classes
                        distance:str='euclidean', # 'euclidean', 'sqeuclidean' or 'cosine'
                        chunk_size:int|None=None, # rows per block (no B x B matrix); None: unchunked
+                       n_classes:int|None=None, # labels are < n_classes: no host synchronisation; None: the classes present
                        validate_args:bool|None=None, # check the values (finite, labels); None: the package default
                       )->Tensor: # (B,) silhouette s(i) of every sample
     "The exact silhouette of every sample (Rousseeuw 1987), singletons 0."
-    x, codes, K = _scored_batch(x, y, distance, chunk_size, validate_args)
-    return _silhouettes(x, codes, K, None, distance, chunk_size=chunk_size)
+    return _scores(x, y, None, distance, chunk_size, n_classes, validate_args)
 
 silhouette_score = _mean_of(silhouette_samples, 'silhouette_score',
     "The exact silhouette coefficient: the mean of `silhouette_samples`, as `sklearn.metrics.silhouette_score`.")
 
 # %% ../nbs/03_silhouette.ipynb #d2bcf92d
 def soft_min(m:Tensor, # (B, K) values, +inf where a column must be ignored
-             temperature:float, # tau > 0
+             temperature:float, # tau >= MIN_TEMPERATURE (checked by the callers)
              dim:int=1,
-            )->Tensor: # (B,) log-mean-exp soft-min over the finite entries
+            )->Tensor: # (B,) log-mean-exp soft-min over the finite entries; +inf for a row without any
     "Soft minimum $-\\tau \\log \\frac{1}{K_i}\\sum_c e^{-m_c/\\tau}$ over the finite entries of each row."
-    k = torch.isfinite(m).sum(dim).clamp_min(1).to(m.dtype)
-    return -temperature * (torch.logsumexp(-m / temperature, dim) - torch.log(k))
+    k = torch.isfinite(m).sum(dim)
+    none = (k == 0).unsqueeze(dim)                  # rows without a finite entry: computed on zeros, then +inf
+    lme = torch.logsumexp(-m.masked_fill(none, 0) / temperature, dim) - torch.log(k.clamp_min(1).to(m.dtype))
+    return torch.where(k > 0, -temperature * lme, math.inf)
 
 # %% ../nbs/03_silhouette.ipynb #b45ebaff
 def soft_silhouette_samples(x:Tensor, # (B, d) embeddings, used as given (no normalisation)
@@ -106,20 +126,19 @@ def soft_silhouette_samples(x:Tensor, # (B, d) embeddings, used as given (no nor
                             temperature:float=0.01, # tau of the soft-min over the other classes
                             distance:str='euclidean', # 'euclidean', 'sqeuclidean' or 'cosine'
                             chunk_size:int|None=None, # rows per block (no B x B matrix); None: unchunked
+                            n_classes:int|None=None, # labels are < n_classes: no host synchronisation; None: the classes present
                             validate_args:bool|None=None, # check the values (finite, labels); None: the package default
                            )->Tensor: # (B,) soft silhouette of every sample
     "Differentiable silhouette of every sample: the minimum over other classes replaced by a soft-min."
-    tau = check_temperature(temperature)
-    x, codes, K = _scored_batch(x, y, distance, chunk_size, validate_args)
-    return _silhouettes(x, codes, K, tau, distance, chunk_size=chunk_size)
+    return _scores(x, y, check_temperature(temperature), distance, chunk_size, n_classes, validate_args)
 
 soft_silhouette_score = _mean_of(soft_silhouette_samples, 'soft_silhouette_score',
     "Differentiable silhouette coefficient, the mean of `soft_silhouette_samples`; tends to `silhouette_score` as `temperature` → 0.")
 
 # %% ../nbs/03_silhouette.ipynb #cbbfd524
-def _check_options(temperature, distance, chunk_size):
+def _checked_options(temperature, distance, chunk_size, n_classes):
     "The loss's options, by the rules of `validation`."
-    return check_temperature(temperature), check_distance(distance), check_chunk_size(chunk_size)
+    return check_temperature(temperature), *_check_scoring(distance, chunk_size, n_classes)
 
 def soft_silhouette_loss(embeddings:Tensor, # (B, d) embeddings
                          labels:Tensor, # (B,) integer labels
@@ -128,19 +147,21 @@ def soft_silhouette_loss(embeddings:Tensor, # (B, d) embeddings
                          normalize:bool=True, # L2-normalise the embeddings first
                          gather:bool=False, # under torch.distributed: the loss of the global batch of all processes
                          chunk_size:int|None=None, # rows per block (no B x B matrix); None: unchunked
+                         n_classes:int|None=None, # labels are < n_classes: no host synchronisation; None: the classes present
                          validate_args:bool|None=None, # check the values (finite, labels); None: the package default
                         )->Tensor: # scalar loss 1 - S_tau, 0 for a single-class batch
     "Soft Silhouette Loss: one minus the soft silhouette coefficient of the batch."
-    tau, distance, chunk_size = _check_options(temperature, distance, chunk_size)
-    x, y = check_batch(embeddings, labels, validate_args)
-    if normalize: x = unit_rows(x)
-    rows = None
-    if gather and world_size() > 1: x, y, rows = gather_batch(x, y)   # every process: the global batch, its own rows
-    codes, classes = encode_labels(y)
-    if len(classes) < 2: return x.sum() * 0.
-    s = _silhouettes(x, codes, len(classes), tau, distance, rows, chunk_size)
-    return 1 - (s.mean() if rows is None else global_mean(s))
+    tau, distance, chunk_size, n_classes = _checked_options(temperature, distance, chunk_size, n_classes)
+    x, y = check_batch(embeddings, labels, validate_args, n_classes)
+    with no_autocast(x):
+        if normalize: x = unit_rows(x)
+        rows = None
+        if gather and world_size() > 1: x, y, rows = gather_batch(x, y)   # every process: the global batch, its own rows
+        codes, K = _codes(y, n_classes)
+        s, present = _silhouettes(x, codes, K, tau, distance, rows, chunk_size)
+        score = s.mean() if rows is None else global_mean(s)
+        return torch.where(present > 1, 1 - score, score * 0)          # one class: 0, attached to the graph
 
 class SoftSilhouetteLoss(LossModule):
     "Soft Silhouette Loss as an `nn.Module`, called like pytorch-metric-learning's losses: `loss(embeddings, labels)`; options as `soft_silhouette_loss`."
-    fn, check_options, shown = staticmethod(soft_silhouette_loss), staticmethod(_check_options), ('temperature', 'distance', 'normalize')
+    fn, check_options, shown = staticmethod(soft_silhouette_loss), staticmethod(_checked_options), ('temperature', 'distance', 'normalize')

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn as nn
 from torch import Tensor
-from .validation import check_batch, check_temperature, check_choice, check_chunk_size, LossModule
+from .validation import check_batch, check_temperature, check_choice, check_chunk_size, no_autocast, LossModule
 from .distances import unit_rows, dense_codes
 from .process_group import gather_batch, global_mean, world_size
 
@@ -47,13 +47,14 @@ class _GramLogSumExp(torch.autograd.Function):
     def forward(ctx, a, z, tau, mask, chunk):
         n, P = len(a), None
         out, step = a.new_empty(n), chunk or max(n, 1)
-        for b0 in range(0, n, step):
-            b1 = min(b0 + step, n)
-            s = _mask_rows_((a[b0:b1] * (1 / tau)) @ z.T, b0, b1, mask)    # a block of the (n, N) matrix
-            m = s.amax(1).clamp_min_(torch.finfo(s.dtype).min)              # finite, also for a row that keeps nothing
-            r = s.sub_(m[:, None]).exp_().sum(1)
-            out[b0:b1] = m + r.log()
-            if chunk is None: P = s.div_(r.clamp_min(torch.finfo(s.dtype).tiny)[:, None])   # the softmax P, 0 where left out
+        with no_autocast(a):
+            for b0 in range(0, n, step):
+                b1 = min(b0 + step, n)
+                s = _mask_rows_((a[b0:b1] * (1 / tau)) @ z.T, b0, b1, mask)    # a block of the (n, N) matrix
+                m = s.amax(1).clamp_min_(torch.finfo(s.dtype).min)              # finite, also for a row that keeps nothing
+                r = s.sub_(m[:, None]).exp_().sum(1)
+                out[b0:b1] = m + r.log()
+                if chunk is None: P = s.div_(r.clamp_min(torch.finfo(s.dtype).tiny)[:, None])   # the softmax P, 0 where left out
         ctx.save_for_backward(a, z, out, P, *mask)
         ctx.tau, ctx.chunk = tau, chunk
         return out
@@ -61,21 +62,22 @@ class _GramLogSumExp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         a, z, lse, P, *mask = ctx.saved_tensors
-        tau, chunk = ctx.tau, ctx.chunk
-        if torch.is_grad_enabled():  # create_graph=True: rebuild P with its graph so higher derivatives are right
-            if chunk is not None: raise RuntimeError("chunk_size computes first derivatives only; for create_graph=True use chunk_size=None")
-            s = (a * (1 / tau)) @ z.T + _mask_rows_(a.new_zeros(len(a), len(z)), 0, len(a), mask)
-            empty = torch.isinf(s).all(1, keepdim=True)                      # rows that keep nothing: P = 0
-            P = s.masked_fill(empty, 0).softmax(1).masked_fill(empty, 0)
-        ga = torch.zeros_like(a) if ctx.needs_input_grad[0] else None
-        gz = torch.zeros_like(z) if ctx.needs_input_grad[1] else None
-        lse, step = lse.clamp_min(torch.finfo(lse.dtype).min), chunk or max(len(a), 1)
-        for b0 in range(0, len(a), step):
-            b1 = min(b0 + step, len(a))
-            p = P if P is not None else _mask_rows_((a[b0:b1] * (1 / tau)) @ z.T, b0, b1, mask).sub_(lse[b0:b1, None]).exp_()
-            gb = (g[b0:b1] / tau)[:, None]
-            if ga is not None: ga[b0:b1] = gb * (p @ z)
-            if gz is not None: gz = gz.addmm(p.T, gb * a[b0:b1])
+        tau, chunk, step = ctx.tau, ctx.chunk, ctx.chunk or max(len(a), 1)
+        with no_autocast(g):
+            if torch.is_grad_enabled():  # create_graph=True: rebuild P with its graph so higher derivatives are right
+                if chunk is not None: raise RuntimeError("chunk_size computes first derivatives only; for create_graph=True use chunk_size=None")
+                s = (a * (1 / tau)) @ z.T + _mask_rows_(a.new_zeros(len(a), len(z)), 0, len(a), mask)
+                empty = torch.isinf(s).all(1, keepdim=True)                      # rows that keep nothing: P = 0
+                P = s.masked_fill(empty, 0).softmax(1).masked_fill(empty, 0)
+            ga = torch.zeros_like(a) if ctx.needs_input_grad[0] else None
+            gz = torch.zeros_like(z) if ctx.needs_input_grad[1] else None
+            lse = lse.clamp_min(torch.finfo(lse.dtype).min)                      # a row that keeps nothing: p = 0
+            for b0 in range(0, len(a), step):
+                b1 = min(b0 + step, len(a))
+                p = P if P is not None else _mask_rows_((a[b0:b1] * (1 / tau)) @ z.T, b0, b1, mask).sub_(lse[b0:b1, None]).exp_()
+                gb = (g[b0:b1] / tau)[:, None]
+                if ga is not None: ga[b0:b1] = gb * (p @ z)
+                if gz is not None: gz = gz.addmm(p.T, gb * a[b0:b1])
         return ga, gz, None, None, None
 
 # %% ../nbs/04_supcon.ipynb #35d59f02
@@ -116,26 +118,28 @@ def _anchor_losses(z, codes, counts, cols, tau, variant, chunk_size):
     return torch.where(n_pos > 0, lse - pos, 0), n_pos > 0
 
 # %% ../nbs/04_supcon.ipynb #111698d0
-def _check_options(temperature, contrast_mode, variant, chunk_size):
+def _checked_options(temperature, contrast_mode, variant, chunk_size):
     "SupCon's options, by the rules of `validation`."
     return (check_temperature(temperature), check_choice(contrast_mode, 'contrast_mode', ('all', 'one')),
             check_choice(variant, 'variant', ('out', 'in')), check_chunk_size(chunk_size))
 
 def _supcon(features, labels, temperature, contrast_mode, variant, chunk_size, validate_args, gather=False):
     "Checks, then (loss of each of this process's anchors, 0 without positive; has a positive; the batch has a negative pair)."
-    tau, contrast_mode, variant, chunk_size = _check_options(temperature, contrast_mode, variant, chunk_size)
+    tau, contrast_mode, variant, chunk_size = _checked_options(temperature, contrast_mode, variant, chunk_size)
     x, y, V = flatten_views(features, labels)
     x, y = check_batch(x, y, validate_args)
     B, own = len(x) // V, None
-    if gather and world_size() > 1:   # the global batch, view-major as on one process, and this process's samples
-        f, y, own = gather_batch(x.reshape(V, B, -1).transpose(0, 1), y[:B])
-        B, x, y = len(f), f.transpose(0, 1).reshape(V * len(f), -1), y.repeat(V)
-    samples = torch.arange(B, device=x.device) if own is None else torch.arange(own.start, own.stop, device=x.device)
-    views = torch.arange(V if contrast_mode == 'all' else 1, device=x.device)
-    codes = dense_codes(y)
-    counts = torch.zeros_like(codes).index_add_(0, codes, torch.ones_like(codes))   # class sizes, by code
-    losses, valid = _anchor_losses(unit_rows(x), codes, counts, (views[:, None] * B + samples).reshape(-1), tau, variant, chunk_size)
-    return losses, valid, counts[codes[0]] < len(codes)
+    with no_autocast(x):
+        if gather and world_size() > 1:   # the global batch, view-major as on one process, and this process's samples
+            f, y, own = gather_batch(x.reshape(V, B, -1).transpose(0, 1), y[:B])
+            B, x, y = len(f), f.transpose(0, 1).reshape(V * len(f), -1), y.repeat(V)
+        samples = torch.arange(B, device=x.device) if own is None else torch.arange(own.start, own.stop, device=x.device)
+        views = torch.arange(V if contrast_mode == 'all' else 1, device=x.device)
+        codes = dense_codes(y)
+        counts = torch.zeros_like(codes).index_add_(0, codes, torch.ones_like(codes))   # class sizes, by code
+        cols = (views[:, None] * B + samples).reshape(-1)                               # the anchors' rows
+        losses, valid = _anchor_losses(unit_rows(x), codes, counts, cols, tau, variant, chunk_size)
+    return losses, valid, codes.amax() > 0                                 # a second class: a negative pair
 
 # %% ../nbs/04_supcon.ipynb #e034d775
 def supcon_anchor_losses(features:Tensor, # (B, d) embeddings or (B, V, d) views, not necessarily normalised
@@ -162,10 +166,11 @@ def supcon_loss(features:Tensor, # (B, d) embeddings or (B, V, d) views, not nec
                )->Tensor: # scalar loss, in float32 for half-precision input
     "Supervised contrastive loss (Khosla et al. 2020), averaged over the anchors that have a positive."
     losses, valid, has_negative = _supcon(features, labels, temperature, contrast_mode, variant, chunk_size, validate_args, gather)
-    loss = global_mean(losses, valid, across=gather)       # 0 when no anchor has a positive
-    return torch.where(has_negative, loss, loss * 0)
+    with no_autocast(losses):
+        loss = global_mean(losses, valid, across=gather)   # 0 when no anchor has a positive
+        return torch.where(has_negative, loss, loss * 0)
 
 # %% ../nbs/04_supcon.ipynb #de100761
 class SupConLoss(LossModule):
     "Supervised contrastive loss as a module: `SupConLoss()(embeddings, labels)`; options as `supcon_loss`."
-    fn, check_options, shown = staticmethod(supcon_loss), staticmethod(_check_options), ('temperature', 'contrast_mode', 'variant')
+    fn, check_options, shown = staticmethod(supcon_loss), staticmethod(_checked_options), ('temperature', 'contrast_mode', 'variant')

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, assume, HealthCheck, strategies as st
 
-from silhouette_nb.distances import (DISTANCES, class_counts, class_means, class_sums, cosine, encode_labels, euclidean, euclidean_class_sums, mean_distance_to_classes, mean_sqeuclidean_to_classes, one_hot, pairwise_distances, sq_euclidean)
+from silhouette_nb.distances import (DISTANCES, class_counts, class_means, class_sums, cosine, dense_codes, encode_labels, euclidean, euclidean_class_sums, mean_distance_to_classes, mean_sqeuclidean_to_classes, one_hot, pairwise_distances, sq_euclidean, unit_rows)
+from silhouette_nb.validation import DISTANCE_NAMES
 from silhouette_nb.validation import check_batch, compute_dtype
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -362,3 +363,53 @@ def test_check_batch_not_tensors():
 def test_unknown_distance():
     with pytest.raises(ValueError, match='unknown distance'):
         pairwise_distances(torch.randn(3, 2), distance='manhattan')
+
+
+# ---------------------------------------------------------------- the names, the codes, unit rows at any scale
+def test_distance_names_are_the_distances():
+    assert tuple(DISTANCES) == DISTANCE_NAMES
+
+
+@SETTINGS
+@given(st.data())
+def test_dense_codes_without_unique(data):
+    "Codes in order of label value, the same as torch.unique's inverse, from a sort alone (no value read on the host)."
+    from silhouette_nb.validation import host_syncs
+    y = data.draw(labels_for(data.draw(st.integers(1, 12))))
+    with host_syncs() as s: codes = dense_codes(y)
+    assert s.ops == []
+    assert torch.equal(codes, torch.unique(y, return_inverse=True)[1])
+    assert torch.equal(one_hot(codes, len(y) + 3)[:, :codes.max() + 1], one_hot(codes))
+
+
+def test_one_hot_out_of_range_is_a_zero_row_and_empty_means_are_zero():
+    assert torch.equal(one_hot(torch.tensor([0, 5, 1]), 3), torch.tensor([[1., 0, 0], [0, 0, 0], [0, 1, 0]]))
+    x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    Y = one_hot(torch.tensor([0, 0, 2, 2]), 4, torch.float64)                 # classes 1 and 3 absent
+    mu = class_means(x, Y)
+    assert (mu[[1, 3]] == 0).all() and torch.isfinite(mean_sqeuclidean_to_classes(x, Y)).all()
+    (mean_sqeuclidean_to_classes(x, Y) * torch.arange(16.).reshape(4, 4)).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize('dtype,scales', [(torch.float32, [1e-30, 1e-20, 1e-3, 1e20, 1e30, 3e38]),
+                                          (torch.float16, [1e-4, 1, 6e4]), (torch.float64, [1e-300, 1e300])])
+def test_unit_rows_at_any_scale(dtype, scales):
+    "Any finite non-zero row normalises to the direction of x (the plain norm overflows / underflows at these scales)."
+    torch.manual_seed(0)
+    d = torch.randn(5, 7, dtype=torch.float64)
+    ref = d / d.norm(dim=1, keepdim=True)
+    for s in scales:
+        x = (d / d.abs().amax(1, keepdim=True) * s).to(dtype)          # largest entry of each row = s, representable
+        u = unit_rows(x)
+        torch.testing.assert_close(u.double(), ref, atol=4 * torch.finfo(dtype).eps, rtol=0)
+        assert torch.isfinite(u).all() and (u.norm(dim=1) - 1).abs().max() < 8 * torch.finfo(dtype).eps
+    z = torch.zeros(2, 7, dtype=dtype, requires_grad=True)
+    unit_rows(z).sum().backward()
+    assert torch.equal(unit_rows(z.detach()), torch.zeros(2, 7, dtype=dtype)) and torch.equal(z.grad, torch.zeros_like(z))
+
+
+def test_gradcheck_unit_rows():
+    x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(unit_rows, (x,))
+    assert torch.autograd.gradcheck(lambda x: unit_rows(x * 1e200), (x,))

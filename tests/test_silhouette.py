@@ -28,7 +28,8 @@ def _dist(u, v, distance):
 def loop_silhouette(x, y, distance='euclidean', temperature=None):
     """Per-sample (s, a, b) with Python floats. a(i): mean distance to the rest of i's class; b(i): the minimum over the
     other classes present of the mean distance (temperature None), or the log-mean-exp soft-min
-    b = -tau log (1/K_i) sum_c exp(-m_c / tau); s = (b - a) / max(a, b), 0 for singletons and where max(a, b) = 0."""
+    b = -tau log (1/K_i) sum_c exp(-m_c / tau); s = (b - a) / max(a, b), 0 for singletons and where max(a, min_c m_c) = 0
+    (the exact score's convention, decided on the hard minimum also for the soft score)."""
     x, y = x.detach().double().tolist(), y.tolist()
     B = len(y)
     D = [[_dist(x[i], x[j], distance) for j in range(B)] for i in range(B)]
@@ -36,15 +37,12 @@ def loop_silhouette(x, y, distance='euclidean', temperature=None):
     for i in range(B):
         own = [j for j in range(B) if y[j] == y[i] and j != i]
         m = [sum(D[i][j] for j in range(B) if y[j] == c) / y.count(c) for c in sorted(set(y)) if c != y[i]]
-        if temperature is None: b = min(m)
-        else:
-            lo = min(m)
-            b = lo - temperature * math.log(sum(math.exp(-(v - lo) / temperature) for v in m) / len(m))
+        lo = min(m)
+        b = lo if temperature is None else lo - temperature * math.log(sum(math.exp(-(v - lo) / temperature) for v in m) / len(m))
         if not own:
             out.append((0., 0., b)); continue
         a = sum(D[i][j] for j in own) / len(own)
-        den = max(a, b)
-        out.append(((b - a) / den if den > 0 else 0., a, b))
+        out.append(((b - a) / max(a, b) if max(a, lo) > 0 else 0., a, b))
     return out
 
 
@@ -534,3 +532,167 @@ def test_validate_args_off_skips_the_value_checks(fn):
     for f in (silhouette_score, soft_silhouette_score, soft_silhouette_loss, SoftSilhouetteLoss(validate_args=False)):
         kw = {} if isinstance(f, torch.nn.Module) else dict(validate_args=False)
         assert f(nan, y, **kw).ndim == 0 and torch.isfinite(f(torch.randn(4, 3), neg, **kw))
+
+
+# ---------------------------------------------------------------- mixed precision, torch.compile, host synchronisation
+def autocast_run(fn, dtype, device='cpu', backward_inside=False, shape=(64, 16)):
+    "dtype of the embeddings, loss and weight gradient of `fn` on a linear layer's output, under autocast with `dtype` (None: float32)."
+    torch.manual_seed(0)
+    net = torch.nn.Linear(16, 32).to(device)
+    x, y = torch.randn(*shape, device=device), torch.randint(0, 5, shape[:1], device=device)
+    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        emb = net(x)
+        loss = fn(emb, y)
+        if backward_inside: loss.backward()
+    if not backward_inside: loss.backward()
+    return emb.dtype, loss, net.weight.grad
+
+
+def check_autocast(fn, dtype, device='cpu', backward_inside=False, shape=(64, 16)):
+    "Half-precision embeddings, a float32 loss within 1e-2 of the float32 one, finite non-zero gradients."
+    _, l32, _ = autocast_run(fn, None, device, shape=shape)
+    emb_dtype, l, g = autocast_run(fn, dtype, device, backward_inside, shape)
+    assert emb_dtype == dtype and l.dtype == torch.float32
+    assert abs(l.item() - l32.item()) <= 1e-2 * abs(l32.item())
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def check_no_sync_cuda(fn, x, y):
+    "On a GPU, torch's own detector: any synchronisation in forward or backward raises."
+    torch.cuda.set_sync_debug_mode('error')
+    try: fn(x.cuda().requires_grad_(), y.cuda()).backward()
+    finally: torch.cuda.set_sync_debug_mode('default')
+
+
+AUTOCAST_FNS = {f'{name}-{distance}': (lambda f, distance: lambda e, y: f(e, y, distance=distance))(f, distance)
+                for name, f in [('loss', soft_silhouette_loss), ('score', silhouette_score), ('soft', soft_silhouette_score)]
+                for distance in DIST_NAMES}
+AUTOCAST_FNS.update({'loss-chunked': lambda e, y: soft_silhouette_loss(e, y, chunk_size=20),
+                     'module-n_classes': SoftSilhouetteLoss(n_classes=5, validate_args=False)})
+
+
+@pytest.mark.parametrize('backward_inside', [False, True])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('name', list(AUTOCAST_FNS))
+def test_autocast(name, dtype, backward_inside):
+    "Under autocast the embeddings are half precision; the loss is computed in float32, returned in float32, close to float32."
+    check_autocast(AUTOCAST_FNS[name], dtype, backward_inside=backward_inside)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('name', list(AUTOCAST_FNS))
+def test_autocast_cuda(name, dtype):
+    check_autocast(AUTOCAST_FNS[name], dtype, 'cuda')
+
+
+HOT = {f'{distance}-chunk{chunk}': SoftSilhouetteLoss(distance=distance, chunk_size=chunk, n_classes=6, validate_args=False)
+       for distance in DIST_NAMES for chunk in (None, 5)}
+
+
+@pytest.mark.parametrize('name', list(HOT))
+def test_no_host_sync_without_validation(name):
+    "With n_classes and validation off, forward and backward read no value on the host (on a GPU: never wait for it)."
+    from silhouette_nb.validation import host_syncs
+    x, y = torch.randn(12, 4, requires_grad=True), torch.tensor([0, 0, 1, 1, 1, 3, 3, 3, 5, 5, 2, 2])
+    with host_syncs() as s: HOT[name](x, y).backward()
+    assert s.ops == []
+    for f in (silhouette_score, soft_silhouette_score):
+        with host_syncs() as s: f(x, y, n_classes=6, validate_args=False)
+        assert s.ops == []
+
+
+def test_host_syncs_are_counted():
+    "A check of the check: validation reads values; without n_classes the number of classes present is read once."
+    from silhouette_nb.validation import host_syncs
+    x, y = torch.randn(12, 4, requires_grad=True), torch.randint(0, 4, (12,))
+    with host_syncs() as s: SoftSilhouetteLoss(n_classes=6)(x, y)
+    assert len(s.ops) >= 2
+    with host_syncs() as s: SoftSilhouetteLoss(validate_args=False)(x, y).backward()
+    assert s.ops == ['_local_scalar_dense']
+
+
+@pytest.mark.parametrize('name', list(HOT))
+def test_no_graph_break_without_validation(name):
+    x, y = torch.randn(12, 4, requires_grad=True), torch.tensor([0, 0, 1, 1, 1, 3, 3, 3, 5, 5, 2, 2])
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(HOT[name])(x, y).graph_break_count == 0
+    assert torch._dynamo.explain(lambda x, y: silhouette_score(x, y, n_classes=6, validate_args=False))(x, y).graph_break_count == 0
+
+
+def check_compiled_equals_eager(fn, x, y):
+    "torch.compile (inductor, whole graph) gives the eager loss and gradient."
+    torch._dynamo.reset()
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    lc = torch.compile(fn, fullgraph=True)(a, y); lc.backward()
+    le = fn(b, y); le.backward()
+    torch.testing.assert_close(lc, le, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_equals_eager():
+    check_compiled_equals_eager(SoftSilhouetteLoss(n_classes=5, validate_args=False), torch.randn(40, 8), torch.randint(0, 5, (40,)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('name', list(HOT))
+def test_no_host_sync_cuda(name):
+    check_no_sync_cuda(HOT[name], torch.randn(12, 4), torch.tensor([0, 0, 1, 1, 1, 3, 3, 3, 5, 5, 2, 2]))
+
+
+# ---------------------------------------------------------------- edges
+@pytest.mark.parametrize('distance', DIST_NAMES)
+def test_soft_score_follows_the_exact_convention_at_a_equals_b_equals_zero(distance):
+    "Two classes collapsed onto one point (dead-ReLU zero rows): a = b = 0, the exact score gives 0, so does the soft one."
+    x = torch.tensor([[1., 0], [1, 0], [1, 0], [1, 0], [0, 1], [0, 1.5]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    exact = silhouette_samples(x, y, distance)
+    assert (exact[:4] == 0).all()
+    for tau in (1., 0.01, 1e-4):
+        torch.testing.assert_close(soft_silhouette_samples(x, y, tau, distance)[:4], exact[:4], atol=0, rtol=0)
+    torch.testing.assert_close(soft_silhouette_score(x, y, 1e-4, distance), silhouette_score(x, y, distance), atol=1e-3, rtol=0)
+    e = x.clone().requires_grad_()
+    soft_silhouette_loss(e, y, 0.01, distance, normalize=False).backward()
+    assert torch.isfinite(e.grad).all()
+
+
+@pytest.mark.parametrize('scale', [1e-30, 1e-20, 1e20, 1e30])
+@pytest.mark.parametrize('distance', DIST_NAMES)
+def test_normalised_loss_is_scale_invariant_in_float32(scale, distance):
+    "Rows far beyond sqrt(float32 range) or below its square root normalise correctly: the loss does not change."
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    xs = (x * scale).requires_grad_()
+    loss = soft_silhouette_loss(xs, y, 0.1, distance)
+    loss.backward()
+    torch.testing.assert_close(loss, soft_silhouette_loss(x, y, 0.1, distance), atol=1e-5, rtol=0)
+    assert torch.isfinite(xs.grad).all() and (xs.grad != 0).any()
+
+
+def test_labels_on_another_device_name_the_labels():
+    x, y = torch.randn(4, 3, device='meta'), torch.tensor([0, 0, 1, 1])
+    for call in (lambda: soft_silhouette_loss(x, y), lambda: silhouette_score(x, y), lambda: SoftSilhouetteLoss()(x, y)):
+        with pytest.raises(ValueError, match='labels are on cpu but embeddings are on meta'): call()
+
+
+def test_n_classes_path_equals_the_classes_present():
+    "Labels below n_classes (absent classes leave empty columns) give the same values and gradients as re-coding them."
+    torch.manual_seed(0)
+    x, y = torch.randn(30, 5, dtype=torch.float64), torch.tensor([1, 4, 4, 7] * 7 + [9, 9])
+    for distance in DIST_NAMES:
+        for chunk in (None, 7):
+            a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+            la = soft_silhouette_loss(a, y, 0.05, distance, chunk_size=chunk)
+            lb = soft_silhouette_loss(b, y, 0.05, distance, chunk_size=chunk, n_classes=12, validate_args=False)
+            la.backward(); lb.backward()
+            torch.testing.assert_close(la, lb, atol=1e-12, rtol=0)
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-12, rtol=1e-10)
+        torch.testing.assert_close(silhouette_samples(x, y, distance, n_classes=10), silhouette_samples(x, y, distance), atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match='labels must be < n_classes = 8'): soft_silhouette_loss(x, y, n_classes=8)
+    with pytest.raises(ValueError, match='at least 2 classes'): silhouette_score(x, torch.full((30,), 3), n_classes=5)
+    assert silhouette_score(x, torch.full((30,), 3), n_classes=5, validate_args=False) == 0
+    one = x.clone().requires_grad_()
+    loss = soft_silhouette_loss(one, torch.full((30,), 3), n_classes=5, validate_args=False)
+    loss.backward()
+    assert loss.item() == 0 and torch.equal(one.grad, torch.zeros_like(one))

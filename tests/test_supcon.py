@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, assume, HealthCheck, strategies as st
 from pytorch_metric_learning.losses import SupConLoss as PMLSupConLoss
 from silhouette_nb.supcon import supcon_loss, supcon_anchor_losses, SupConLoss, gram_logsumexp, flatten_views
+from test_silhouette import check_autocast, check_compiled_equals_eager, check_no_sync_cuda   # the same checks for every loss
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -292,3 +293,66 @@ def test_validate_args_off_skips_the_value_checks():
     assert torch.isnan(supcon_loss(nan, y, validate_args=False))
     assert torch.isnan(SupConLoss(validate_args=False)(nan, y))
     assert supcon_loss(torch.randn(4, 3), torch.tensor([0, 0, -1, -1]), validate_args=False).isfinite()
+
+
+# ---------------------------------------------------------------- mixed precision, torch.compile, host synchronisation
+VARIANTS = {f'{variant}-{mode}-chunk{chunk}': SupConLoss(0.1, mode, variant, chunk_size=chunk, validate_args=False)
+            for variant in ('out', 'in') for mode in ('all', 'one') for chunk in (None, 5)}
+
+
+@pytest.mark.parametrize('backward_inside', [False, True])
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_autocast(name, dtype, backward_inside):
+    check_autocast(VARIANTS[name], dtype, backward_inside=backward_inside, shape=(32, 2, 16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_autocast_cuda(name, dtype):
+    check_autocast(VARIANTS[name], dtype, 'cuda', shape=(32, 2, 16))
+
+
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_no_host_sync_and_no_graph_break_without_validation(name):
+    "SupCon needs no value on the host at all: labels re-coded by a sort, degenerate batches decided on the device."
+    from silhouette_nb.validation import host_syncs
+    x, y = torch.randn(12, 2, 4, requires_grad=True), torch.tensor([0, 0, 1, 1, 1, 3, 3, 3, 5, 5, 2, 7])
+    with host_syncs() as s: VARIANTS[name](x, y).backward()
+    assert s.ops == []
+    with host_syncs() as s: SupConLoss(variant=VARIANTS[name].variant)(x, y)   # the check of the check: validation reads
+    assert len(s.ops) >= 2
+    torch._dynamo.reset()
+    assert torch._dynamo.explain(VARIANTS[name])(x, y).graph_break_count == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['out-all-chunkNone', 'in-all-chunk5'])
+def test_compiled_equals_eager(name):
+    check_compiled_equals_eager(VARIANTS[name], torch.randn(40, 2, 8), torch.randint(0, 5, (40,)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_no_host_sync_cuda(name):
+    check_no_sync_cuda(VARIANTS[name], torch.randn(12, 2, 4), torch.tensor([0, 0, 1, 1, 1, 3, 3, 3, 5, 5, 2, 7]))
+
+
+# ---------------------------------------------------------------- edges
+@pytest.mark.parametrize('scale', [1e-30, 1e30])
+@pytest.mark.parametrize('variant', ['out', 'in'])
+def test_scale_invariant_in_float32(scale, variant):
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 2, 4), torch.randint(0, 3, (16,))
+    xs = (x * scale).requires_grad_()
+    loss = supcon_loss(xs, y, variant=variant)
+    loss.backward()
+    torch.testing.assert_close(loss, supcon_loss(x, y, variant=variant), atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(xs.grad).all() and (xs.grad != 0).any()
+
+
+def test_labels_on_another_device_name_the_labels():
+    x, y = torch.randn(4, 3, device='meta'), torch.tensor([0, 0, 1, 1])
+    for call in (lambda: supcon_loss(x, y), lambda: SupConLoss()(x[:, None].expand(4, 2, 3), y)):
+        with pytest.raises(ValueError, match='labels are on cpu but embeddings are on meta'): call()
