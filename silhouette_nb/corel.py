@@ -78,24 +78,30 @@ def gaussian_corel_loss(h:Tensor, # (N, d) embeddings
 # %% ../nbs/06_corel.ipynb #0d518c4b
 _RHO0 = math.log(math.expm1(0.5))  # softplus(_RHO0) = 0.5, the authors' initial gamma
 
-class GaussianCOREL(Head):
-    "Gaussian-COREL head: learned class vectors `W` (K, dim) and precision `gamma`; logits $-\\gamma\\|h - w_k\\|^2$, `forward(embeddings, labels)` the loss."
+class _COREL(Head):
+    "What both COREL heads share: class vectors `W` (Xavier-normal, no bias, as in the authors' code), the attraction weight, the global-batch option."
     vectors_name = 'W'
+    learns_gamma = False   # Gaussian-COREL also learns its precision gamma
     def __init__(self,
                  n_classes:int, # K, the number of class vectors
                  dim:int, # dimension of the embeddings
-                 attraction:float=0.5, # lambda, the weight of the attraction; 0.5 is half the cross-entropy over -gamma ||h - w_k||^2
+                 attraction:float=0.5, # lambda in [0, 1], the weight of the attraction (0.5: Gaussian-COREL is half the cross-entropy)
                  gather:bool=False, # under torch.distributed: the mean over the samples of all processes
                  validate_args:bool|None=None, # value checks of every call; None: the package default
                  **deprecated, # `lam`: the old name of `attraction`
                 ):
-        attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'GaussianCOREL').get('attraction', attraction)
+        attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, type(self).__name__).get('attraction', attraction)
         attraction = check_weight(attraction, 'attraction', hi=1)
         super().__init__(n_classes, dim, validate_args)
         self.attraction, self.gather = attraction, bool(gather)
-        self.rho = nn.Parameter(torch.tensor(_RHO0))               # gamma = softplus(rho) > 0, starts at 0.5
+        if self.learns_gamma: self.rho = nn.Parameter(torch.tensor(_RHO0))   # gamma = softplus(rho) > 0, starts at 0.5
 
-    def init_vectors(self, v:Tensor)->Tensor: return nn.init.xavier_normal_(v)   # as in the authors' code; no bias
+    def init_vectors(self, v:Tensor)->Tensor: return nn.init.xavier_normal_(v)
+    def extra_repr(self): return super().extra_repr() + f", attraction={self.attraction}" + (", gather=True" if self.gather else "")
+
+class GaussianCOREL(_COREL):
+    "Gaussian-COREL head: learned class vectors `W` (K, dim) and precision `gamma`; logits $-\\gamma\\|h - w_k\\|^2$, `forward(embeddings, labels)` the loss."
+    learns_gamma = True
     @property
     def gamma(self)->Tensor: return F.softplus(self.rho)
 
@@ -103,7 +109,6 @@ class GaussianCOREL(Head):
     def compute_loss(self, z:Tensor, W:Tensor, labels:Tensor)->Tensor:
         return _gaussian_loss(z, W, labels, self.gamma, self.attraction, self.gather)
 
-    def extra_repr(self): return super().extra_repr() + f", attraction={self.attraction}" + (", gather=True" if self.gather else "")
 
 # %% ../nbs/06_corel.ipynb #b64344c1
 def _cosine_logits(h, W): return unit_rows(h) @ unit_rows(W).T
@@ -136,25 +141,9 @@ def cosine_corel_loss(h:Tensor, # (N, d) embeddings
                      gather=bool(gather))
 
 # %% ../nbs/06_corel.ipynb #6f5543f6
-class CosineCOREL(Head):
+class CosineCOREL(_COREL):
     "Cosine-COREL head: learned class vectors `W` (K, dim); logits $\\cos(h, w_k)$, `forward(embeddings, labels)` the loss."
-    vectors_name = 'W'
-    def __init__(self,
-                 n_classes:int, # K, the number of class vectors
-                 dim:int, # dimension of the embeddings
-                 attraction:float=0.5, # lambda, the weight of the attraction
-                 gather:bool=False, # under torch.distributed: the mean over the samples of all processes
-                 validate_args:bool|None=None, # value checks of every call; None: the package default
-                 **deprecated, # `lam`: the old name of `attraction`
-                ):
-        attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'CosineCOREL').get('attraction', attraction)
-        attraction = check_weight(attraction, 'attraction', hi=1)
-        super().__init__(n_classes, dim, validate_args)
-        self.attraction, self.gather = attraction, bool(gather)
-
-    def init_vectors(self, v:Tensor)->Tensor: return nn.init.xavier_normal_(v)   # as in the authors' code; no bias
     def compute_logits(self, z:Tensor, W:Tensor)->Tensor: return _cosine_logits(z, W)
     def compute_loss(self, z:Tensor, W:Tensor, labels:Tensor)->Tensor:
         return _cosine_loss(z, W, labels, self.attraction, self.gather)
 
-    def extra_repr(self): return super().extra_repr() + f", attraction={self.attraction}" + (", gather=True" if self.gather else "")

@@ -11,7 +11,6 @@ __all__ = ['DISTANCES', 'sq_euclidean', 'euclidean', 'unit_rows', 'cosine', 'pai
 
 # %% ../nbs/02_distances.ipynb #0af967cc
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from .validation import check_distance, check_chunk_size, no_autocast
 

@@ -18,7 +18,7 @@ try:
     from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 except ImportError as e:  # the [pml] extra is not installed
     raise ImportError('silhouette_nb.pml needs pytorch-metric-learning: pip install "silhouette-nb[pml]"') from e
-from .validation import check_batch, check_corel_batch, check_temperature, check_choice
+from .validation import check_batch, check_corel_batch, check_temperature, check_choice, no_autocast
 from .distances import unit_rows, pairwise_distances, encode_labels, one_hot, check_chunk_size
 from .silhouette import soft_silhouette_samples, soft_min, _silhouette_from
 from .supcon import supcon_anchor_losses, gram_logsumexp
@@ -88,7 +88,7 @@ def soft_silhouette_against(x:Tensor, # (B, d) queries, used as given (no normal
     has_other = torch.isfinite(other).any(1)
     b = soft_min(torch.where(has_other[:, None], other, 0), temperature)   # finite everywhere: no NaN gradient
     n_own = (n * own).sum(1)
-    return _silhouette_from((M * own).sum(1), b, torch.where(has_other, n_own + 1, 0))
+    return _silhouette_from((M * own).sum(1), b, torch.where(has_other, n_own + 1, 0), hard=other.amin(1))
 
 # %% ../nbs/07a_pml.ipynb #992071b6
 def supcon_against(x:Tensor, # (B, d) queries, not necessarily normalised
@@ -135,7 +135,7 @@ class SoftSilhouetteLoss(pml_losses.BaseMetricLossFunction):
         self.add_to_recordable_attributes(list_of_names=['temperature'], is_stat=False)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
-        with torch.autocast(embeddings.device.type, enabled=False):
+        with no_autocast(embeddings):
             x, y, r, ry, same = _read(embeddings, labels, ref_emb, ref_labels)
             if self.normalize: x, r = unit_rows(x), unit_rows(r)
             if same and indices_tuple is None:
@@ -169,7 +169,7 @@ class SupConLoss(pml_losses.BaseMetricLossFunction):
     def get_default_distance(self): return CosineSimilarity()
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
-        with torch.autocast(embeddings.device.type, enabled=False):
+        with no_autocast(embeddings):
             x, y, r, ry, same = _read(embeddings, labels, ref_emb, ref_labels)
             if same and indices_tuple is None:
                 losses, valid = supcon_anchor_losses(x, y, self.temperature, 'all', self.variant, self.chunk_size)
@@ -214,7 +214,7 @@ class _COREL(pml_losses.BaseMetricLossFunction):
         name = type(self).__name__
         if ref_emb is not embeddings: raise ValueError(f"{name} compares each sample with its class vectors: ref_emb is not supported")
         if indices_tuple is not None: raise ValueError(f"{name} has one term per sample: indices_tuple (a miner's pairs) is not supported")
-        with torch.autocast(embeddings.device.type, enabled=False):
+        with no_autocast(embeddings):
             h, _, y = check_corel_batch(embeddings, self.head.W, labels)
             return _element(self._terms(self.head, h, y), torch.arange(len(y), device=y.device))
 

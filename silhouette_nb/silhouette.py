@@ -11,7 +11,6 @@ __all__ = ['silhouette_score', 'soft_silhouette_score', 'class_mean_distances', 
 # %% ../nbs/03_silhouette.ipynb #981096ef
 import inspect, math
 import torch
-import torch.nn as nn
 from torch import Tensor
 from .validation import (check_batch, check_temperature, check_distance, check_chunk_size, check_positive_int,
                                       validating, no_autocast, LossModule)

@@ -10,7 +10,6 @@ __all__ = ['flatten_views', 'gram_logsumexp', 'chunked_gram_logsumexp', 'supcon_
 # %% ../nbs/04_supcon.ipynb #8ce09f2a
 import math
 import torch
-import torch.nn as nn
 from torch import Tensor
 from .validation import check_batch, check_temperature, check_choice, check_chunk_size, no_autocast, LossModule
 from .distances import unit_rows, dense_codes

@@ -363,8 +363,8 @@ def _modules():
         if m and (m.group(1) in SKIPPED_NBS or Path(m.group(1)).stem in SKIPPED_NBS): continue
         names = next((ast.literal_eval(n.value) for n in ast.parse(src).body if isinstance(n, ast.Assign)
                       and any(getattr(t, 'id', '') == '__all__' for t in n.targets)), [])
-        # nbdev names a notebook's page after the notebook, less its number: 01_silhouette -> silhouette.html
-        if names and m: res[py.stem] = (re.sub(r'^\d+_', '', Path(m.group(1)).stem) + '.html', names)
+        # nbdev names a notebook's page after the notebook, less its number: 01_silhouette -> silhouette.html, 07a_pml -> pml.html
+        if names and m: res[py.stem] = (re.sub(r'^\d+[a-z]*_', '', Path(m.group(1)).stem) + '.html', names)
     return res
 
 def test_api_reference_lists_every_exported_name(crawl):

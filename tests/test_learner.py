@@ -23,7 +23,8 @@ from silhouette_nb.data import get_dls
 from silhouette_nb.learner import (EmbeddingNet, FrozenEncoder, ObjectiveCallback, ObjectiveLoss, ViewsCrossEntropy, embedding_learner, evaluate, fit_objective, get_embeddings, linear_probe, supcon_two_stage)
 from silhouette_nb.metrics import WholeSetMetric, knn_accuracy, whole_set_metrics
 from silhouette_nb.encoders import make_encoder
-from silhouette_nb.objectives import OBJECTIVES, count_syncs, make_objective, spec_requirements
+from silhouette_nb.objectives import OBJECTIVES, make_objective, spec_requirements
+from silhouette_nb.validation import count_syncs
 from silhouette_nb.heads import LinearClassifier
 from silhouette_nb.validation import set_default_validate_args
 

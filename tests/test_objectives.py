@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from pytorch_metric_learning.losses import ProxyNCALoss as PMLProxyNCALoss
 
 from silhouette_nb.corel import CosineCOREL, GaussianCOREL
-from silhouette_nb.objectives import OBJECTIVES, OBJECTIVE_OPTIONS, RENAMED_OPTIONS, Objective, count_syncs, make_objective, spec_requirements
+from silhouette_nb.objectives import OBJECTIVES, OBJECTIVE_OPTIONS, RENAMED_OPTIONS, Objective, make_objective, spec_requirements
+from silhouette_nb.validation import count_syncs
 from silhouette_nb.heads import CenterLoss, LinearClassifier, ProxyNCALoss, center_loss, proxy_nca_logits, proxy_nca_loss
 from silhouette_nb.validation import set_default_validate_args
 from silhouette_nb.silhouette import soft_silhouette_loss
@@ -510,11 +511,7 @@ def validation_off():
     set_default_validate_args(True)
 
 
-LOSS_SYNCS = 'the silhouette and SupCon terms re-code the labels (unique, bincount): sync-free only with the losses branch (issue 11 item 4)'
-
-
-@pytest.mark.parametrize('spec', [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=LOSS_SYNCS))
-                                  if ('sil' in s or 'supcon' in s) else s for s in OBJECTIVES])
+@pytest.mark.parametrize('spec', OBJECTIVES)
 def test_no_host_sync_per_step_with_validation_off(spec, validation_off):
     "One forward and backward of the objective, validation off: no operation that makes the host wait for the device."
     obj = make_objective(spec, K, D, validate_args=False)
