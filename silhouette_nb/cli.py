@@ -11,10 +11,10 @@ __all__ = ['read_settings', 'make_parser', 'main']
 import argparse, os, sys
 from dataclasses import fields
 from pathlib import Path
-from fastcore.docments import docments
 from . import __version__
 from .config import (DATASETS, ENCODERS, OBJECTIVES, SIL_DISTANCES, RENAMED, SUITES, RunConfig, expand,
                                   load_suite, describe_runs, upgrade_settings, tomllib)
+from fastcore.docments import docments
 
 # %% ../nbs/16_cli.ipynb #dc050353
 _FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}

@@ -10,12 +10,16 @@ __all__ = ['DATASETS', 'N_CLASSES', 'ENCODERS', 'OBJECTIVES', 'SIL_DISTANCES', '
            'fit_balanced', 'Suite', 'load_suite', 'describe_runs']
 
 # %% ../nbs/13_config.ipynb #d513995b
-import hashlib, itertools, json, numbers, warnings
+import hashlib, importlib.util, itertools, json, numbers, warnings
 from dataclasses import dataclass, asdict, field, fields, InitVar
 from pathlib import Path
-from fastcore.basics import patch
 try: import tomllib
 except ModuleNotFoundError: import tomli as tomllib   # Python 3.10
+
+for _m in ('fastcore', 'fastai', 'torchvision', 'sklearn', 'matplotlib', 'mnist1d', 'pytorch_metric_learning'):
+    # the runner's packages, located without importing them (`validation.require_extra` imports torch and them)
+    if importlib.util.find_spec(_m) is None:
+        raise ImportError(f'{_m} is not installed: this part of silhouette_nb needs pip install "silhouette-nb[experiments]"')
 
 # %% ../nbs/13_config.ipynb #4d8caa1b
 DATASETS = ('digits', 'mnist1d', 'fashion_mnist', 'cifar10', 'cifar100', 'stanford_cars', 'caltech101', 'caltech256',
@@ -88,7 +92,7 @@ class RunConfig:
     size:int|None=None # image side for the image datasets (32 for CIFAR, 224 otherwise when None)
     sil_weight:float=1.0 # weight of the silhouette term
     supcon_weight:float=1.0 # weight of the SupCon term next to CE
-    center_weight:float=1.0 # weight of the Center Loss term
+    center_weight:float=0.01 # weight of the Center Loss term next to CE (Wen et al.: 0.003-0.01)
     sil_temperature:float=0.01 # temperature of the Soft Silhouette Loss
     supcon_temperature:float=0.1 # temperature of SupCon
     sil_distance:str='euclidean' # distance of the silhouette, a name in `SIL_DISTANCES`
@@ -107,6 +111,14 @@ class RunConfig:
             warnings.warn(f"RunConfig({old}=...) is deprecated: use {' and '.join(RENAMED[old])}", DeprecationWarning, stacklevel=3)
             for new in RENAMED[old]: object.__setattr__(self, new, v)
         _settle(self)
+
+    @classmethod
+    def from_dict(cls, settings:dict)->'RunConfig':
+        "The configuration of a results row or a TOML table, with this version's names or the renamed ones (`RENAMED`)."
+        settings = upgrade_settings(settings)
+        unknown = set(settings) - {f.name for f in fields(cls)}
+        if unknown: raise ValueError(f"unknown setting {', '.join(sorted(unknown))}; the fields of RunConfig are {', '.join(f.name for f in fields(cls))}")
+        return cls(**settings)
 
     @property
     def objective_options(self)->dict:
@@ -135,14 +147,6 @@ def upgrade_settings(settings:dict, # field name -> value, as a file or an old r
             raise ValueError(f"{k} is deprecated and cannot be swept: sweep {' or '.join(RENAMED[k])}")
         for new in RENAMED.get(k, (k,)): out.setdefault(new, v)
     return out
-
-@patch(cls_method=True)
-def from_dict(cls:RunConfig, settings:dict)->RunConfig:
-    "The configuration of a results row or a TOML table, with this version's names or the renamed ones."
-    settings = upgrade_settings(settings)
-    unknown = set(settings) - {f.name for f in fields(cls)}
-    if unknown: raise ValueError(f"unknown setting {', '.join(sorted(unknown))}; the fields of RunConfig are {', '.join(f.name for f in fields(cls))}")
-    return cls(**settings)
 
 # %% ../nbs/13_config.ipynb #97e93a82
 def expand(settings:dict, # field name -> value, or -> a list of values to sweep

@@ -11,18 +11,19 @@ __all__ = ['REPORT_METRICS', 'CURVE_METRICS', 'summarize', 'metric_table', 'plot
 import json, math, warnings
 from dataclasses import asdict
 from pathlib import Path
+from .config import RunConfig   # first: it names the extra that is missing, if one is
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from .config import RunConfig
 from .runner import scan_rows, _clean
 
 # %% ../nbs/15_report.ipynb #cc7b7a4a
 REPORT_METRICS = {  # name: (title, scale, decimals, plotted)
     'top1': ('Top-1 accuracy (%)', 100, 2, True), 'silhouette': ('Silhouette of the embeddings', 1, 3, True),
     'knn': ('5-NN accuracy (%)', 100, 2, True), 'nmi': ('NMI of k-means', 1, 3, True),
-    'ari': ('ARI of k-means', 1, 3, True), 'sec_per_epoch': ('Seconds per epoch', 1, 2, False),
-    'peak_mem_mib': ('Peak memory (MiB)', 1, 0, False)}
+    'ari': ('ARI of k-means', 1, 3, True), 'p_at_1': ('Precision@1 (%)', 100, 2, False),
+    'r_precision': ('R-precision', 1, 3, False), 'map_at_r': ('MAP@R', 1, 3, False),
+    'sec_per_epoch': ('Seconds per epoch', 1, 2, False), 'peak_mem_mib': ('Peak memory (MiB)', 1, 0, False)}
 
 def summarize(rows:list, # rows of a results file
              )->dict: # (dataset, encoder, objective) -> {'n': seeds, metric: (mean, std), 'settings': set of JSON}

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+from .config import RunConfig, _nonnegative_int   # first: it names the extra that is missing, if one is
 import torch
 import torch.distributed as dist
 from fastcore.basics import store_attr
@@ -31,7 +32,6 @@ from .process_group import world_size, launch
 from .data import BalancedDL, get_dls, tensor_dsets, image_dsets, dataset_labels, TENSOR_DATASETS
 from .metrics import WHOLE_SET_METRICS, WholeSetMetric, whole_set_metrics
 from .learner import evaluate, fit_objective
-from .config import RunConfig, _nonnegative_int
 
 # %% ../nbs/14_runner.ipynb #c0e07773
 def rank_device(device:str, # 'cpu', 'cuda' or 'cuda:N'
@@ -160,13 +160,13 @@ class RunHistory(Callback):
     def after_batch(self):
         if not self.training: return
         bs = find_bs(self.yb)
-        for k, v in self.learn.objective.terms.items(): self.sums[k] = self.sums.get(k, 0.) + v.float() * bs
+        for k, v in self.learn.objective_loss.terms.items(): self.sums[k] = self.sums.get(k, 0.) + v.float() * bs
         self.count += bs
 
     def after_epoch(self):
         names, vals = self.recorder.metric_names[2:len(self.recorder.values[-1]) + 1], self.recorder.values[-1][1:]
         rec = {'stage': self.stage, 'epoch': self.epoch + 1, **{f'train_{k}': float(v) / self.count for k, v in self.sums.items()}}
-        terms = set(self.learn.objective.terms)
+        terms = set(self.learn.objective_loss.terms)
         for n, v in zip(names, vals): rec[f'valid_{n}' if n in terms or n == 'loss' else n] = None if v is None else _clean(float(v))
         rec['epoch_s'] = time.perf_counter() - self.t0
         self.records.append(rec)
