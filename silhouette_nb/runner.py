@@ -445,6 +445,10 @@ class _Progress:
         text = f"[{i}/{self.n}] {_describe(cfg)} (key {cfg.key}) ... ({_duration(el)} so far{eta})"
         if self.live: sys.stdout.write(text); sys.stdout.flush(); self.open = True
         else: self.log(text)
+    def note(self, *a):
+        "A line while a run is in progress: the start line is ended, not overwritten."
+        if self.open: sys.stdout.write('\n'); self.open = False
+        self.log(*a)
     def finish(self, text, ran=True):
         if self.open: sys.stdout.write('\r\033[K'); self.open = False
         self.done += ran
@@ -489,7 +493,7 @@ def run_configs(configs:list, # `RunConfig`s, run in this order
                 continue
             pb.start(i, cfg)
             t0 = time.perf_counter()
-            try: m = train_and_evaluate(cfg, device=device, run_dir=results.parent/'runs'/cfg.key, data_cache=cache, log=say,
+            try: m = train_and_evaluate(cfg, device=device, run_dir=results.parent/'runs'/cfg.key, data_cache=cache, log=pb.note,
                                         **{k: v for k, v in kwargs.items() if k != 'device'})
             except Exception as e:
                 if group: _stop_group(cfg, e, log)
@@ -500,7 +504,7 @@ def run_configs(configs:list, # `RunConfig`s, run in this order
             if m is not None:   # rank 0 records the run
                 row = result_row(cfg, m, suite, time.perf_counter() - t0)
                 with contextlib.suppress(OSError): _write_text(results.parent/'runs'/cfg.key/'row.json', json.dumps(row, indent=1))
-                ok = record_row(results, row, log)
+                ok = record_row(results, row, pb.note)
                 out['ran'] += 1; out['unwritten'] += not ok
                 pb.finish(_run_line(cfg, row))
                 claims.release(cfg.key)
