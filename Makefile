@@ -77,7 +77,7 @@ reproduce: venv
 	@$(MAKE) --no-print-directory data || echo "reproduce: Fashion-MNIST could not be installed; its runs will be skipped"
 	@$(BIN)/silhouette-nb suite quick --out results/quick; rc=$$?; \
 	  if [ $$rc -ne 130 ]; then $(BIN)/silhouette-nb report results/quick/results.jsonl || rc=1; \
-	  echo "reproduce: results in $(CURDIR)/results/quick/: report.md (tables), top1.png silhouette.png knn.png nmi.png ari.png (plots), results.jsonl (one row per run)"; fi; \
+	  echo "reproduce: results in $(CURDIR)/results/quick/: report.md (tables), curves.png (learning curves), top1.png silhouette.png knn.png nmi.png ari.png (plots), results.jsonl (one row per run), runs/ (a folder per run: config, history, models)"; fi; \
 	  exit $$rc
 
 # Offline real data: Fashion-MNIST from Debian (installed when run as root; the suite runs without it otherwise).

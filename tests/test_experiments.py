@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from torchvision import datasets as tvd
 
-from silhouette_nb.config import PAPER, QUICK, SUITES, RunConfig
+from silhouette_nb.config import PAPER, QUICK, SUITES, N_CLASSES, RunConfig
 from silhouette_nb.runner import append_row, read_rows, result_row, train_and_evaluate
 from silhouette_nb.cli import main
 from silhouette_nb.report import write_report
 
 SCRIPT = Path(sys.executable).parent/'silhouette-nb'
-CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, '-c', 'import sys; from silhouette_nb.runner import main; sys.exit(main())']
+CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, '-c', 'import sys; from silhouette_nb.cli import main; sys.exit(main())']
 ENV = {**os.environ, 'MPLBACKEND': 'Agg', 'PYTHONUNBUFFERED': '1'}
 
 # a tiny slice of the quick suite: digits, 3 objectives x 2 seeds, 300 training samples, 2 epochs
@@ -151,18 +151,19 @@ def test_torn_line_is_skipped_and_next_row_starts_clean(tmp_path):
 
 # ---------------------------------------------------------------- configuration errors
 @pytest.mark.parametrize('args, msg', [
-    (['run', '--dataset', 'mnist'], "unknown dataset 'mnist'; valid choices: digits, mnist1d, fashion_mnist, cifar10"),
-    (['run', '--objective', 'ce+triplet'], "unknown objective 'ce+triplet'; valid choices: ce, ce+sil, supcon, ce+supcon"),
-    (['run', '--encoder', 'vit'], "unknown encoder 'vit'; valid choices: cnn, mlp, efficientnet_b0, resnet18"),
+    (['run', '--dataset', 'mnist'], "unknown dataset 'mnist'; choose one of digits, mnist1d, fashion_mnist, cifar10"),
+    (['run', '--objective', 'ce+triplet'], "unknown objective 'ce+triplet'; choose one of ce, ce+sil, supcon, ce+supcon"),
+    (['run', '--encoder', 'vit'], "unknown encoder 'vit'; choose one of cnn, mlp, efficientnet_b0, resnet18"),
     (['run', '--epochs', 'zero'], "epochs must be an integer, got 'zero'"),
-    (['run', '--epochs', '0'], "epochs must be >= 1, got 0"),
+    (['run', '--epochs', '0'], "epochs must be a positive int, got 0"),
     (['run', '--objective', 'supcon', '--views', '1'], "needs positive pairs"),
-    (['suite', 'huge'], "unknown suite 'huge'; valid choices: quick, corel, paper"),
-    (['suite', 'quick', '--datasets', 'cifar10'], "unknown dataset for suite 'quick' 'cifar10'; valid choices: digits, mnist1d, fashion_mnist"),
-    (['suite', 'quick', '--objectives', 'triplet'], "valid choices: ce, ce+sil"),
-    (['suite', 'quick', '--encoders', 'vit'], "valid choices: cnn, mlp"),
+    (['run', '--sil-temperature', 'inf'], "sil_temperature must be"),
+    (['suite', 'huge'], "unknown suite 'huge'; choose one of quick, corel, paper"),
+    (['suite', 'quick', '--datasets', 'cifar10'], "unknown dataset for suite 'quick' 'cifar10'; choose one of digits, mnist1d, fashion_mnist"),
+    (['suite', 'quick', '--objectives', 'triplet'], "choose one of ce, ce+sil"),
+    (['suite', 'quick', '--encoders', 'vit'], "choose one of cnn, mlp"),
     (['suite', 'quick', '--set', 'epochz=1'], "cannot set epochz"),
-    (['suite', 'quick', '--set', 'lr=-1'], "lr must be a finite positive number"),
+    (['suite', 'quick', '--set', 'lr=-1'], "lr must be a finite number in (0"),
 ])
 def test_config_errors(args, msg, capsys, tmp_path):
     with pytest.raises(SystemExit) as e: main(args + ['--out', str(tmp_path)] if args[0] != 'report' else args)
@@ -174,7 +175,7 @@ def test_config_errors(args, msg, capsys, tmp_path):
 
 def test_config_error_through_the_script():
     p = subprocess.run(CLI + ['run', '--objective', 'triplet'], capture_output=True, text=True, env=ENV, timeout=120)
-    assert p.returncode == 2 and "unknown objective 'triplet'; valid choices: ce, ce+sil" in p.stderr
+    assert p.returncode == 2 and "unknown objective 'triplet'; choose one of ce, ce+sil" in p.stderr
 
 
 @pytest.mark.parametrize('cmd', [[], ['run'], ['suite'], ['report']])
@@ -218,13 +219,13 @@ def test_run_command(tmp_path, capsys):
     rows = read_rows(tmp_path/'results.jsonl')
     cfg = RunConfig('digits', 'mlp', 'corel-gaussian', epochs=1, n_train=200, n_valid=100, dim=None, augment=False)
     assert [r['key'] for r in rows] == [cfg.key] and rows[0]['suite'] is None
-    assert main(args) == 0 and 'already recorded' in capsys.readouterr().out
+    assert main(args) == 0 and '1 already in' in capsys.readouterr().out
     assert len(read_rows(tmp_path/'results.jsonl')) == 1
     assert main(args + ['--force']) == 0
     rows = read_rows(tmp_path/'results.jsonl')
     assert len(rows) == 2 and rows[0]['top1'] == rows[1]['top1']            # same seed, same numbers
     assert main(['run', '--dataset', 'fashion_mnist', '--epochs', '1', '--data-path', str(tmp_path/'no'), '--out', str(tmp_path)]) == 1
-    assert 'files of fashion_mnist are missing' in capsys.readouterr().out
+    assert 'fashion_mnist runs: its files are missing' in capsys.readouterr().out
 
 
 def test_missing_dataset_is_skipped_not_fatal(tmp_path, capsys):
@@ -320,7 +321,7 @@ def test_paper_suite_on_fixtures(tmp_path, monkeypatch, capsys):
     out = tmp_path/'paper'
     args = ['suite', 'paper', '--out', str(out), '--data-path', str(tmp_path/'data'), '--seeds', '0', '--device', 'cpu',
             '--workers', '0', '--no-bar', '--set', 'epochs=1', '--set', 'probe_epochs=1', '--set', 'size=32',
-            '--set', 'bs=4', '--set', 'balanced=2']
+            '--set', 'bs=4', '--set', 'balanced=2', '--save-model', 'none']
     assert main(args) == 0, capsys.readouterr().out
     rows = read_rows(out/'results.jsonl')
     assert sorted((r['dataset'], r['objective']) for r in rows) == sorted(
@@ -333,3 +334,39 @@ def test_paper_suite_on_fixtures(tmp_path, monkeypatch, capsys):
     assert main(['report', str(out)]) == 0
     md = (out/'report.md').read_text()
     assert '| objective | cifar10 | cifar100 | stanford_cars | caltech101 | caltech256 | fgvc_aircraft | flowers102 | mean |' in md
+
+
+def test_paper_suite_fills_every_dataset():
+    "Every run of the paper suite can fill its class-balanced batches (CIFAR-10's 10 classes cannot give 128 // 4 = 32)."
+    for c in PAPER.configs(seeds=(0,)):
+        assert c.bs % c.balanced == 0 and c.bs // c.balanced <= N_CLASSES[c.dataset], (c.dataset, c.bs, c.balanced)
+    assert {c.dataset: c.balanced for c in PAPER.configs(seeds=(0,))} == {d: 16 if d == 'cifar10' else 4 for d in PAPER.datasets}
+
+
+def test_paper_dry_run_accepts_every_dataset(capsys, tmp_path):
+    assert main(['suite', 'paper', '--dry-run', '--out', str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert '| cifar10 | efficientnet_b0 | 7 | 3 |' in out and 'balanced=16' in out and '147 runs' in out
+
+
+def test_paper_run_folder_on_fixtures(tmp_path, monkeypatch):
+    "An image-dataset run leaves a run folder whose models load back and give the embeddings the run was evaluated on."
+    from silhouette_nb.runner import load_run
+    from silhouette_nb.data import get_dls
+    from silhouette_nb.learner import get_embeddings
+    from silhouette_nb.silhouette import silhouette_score
+    write_fixtures(tmp_path/'data', monkeypatch)
+    torch.set_num_threads(1)
+    out = tmp_path/'out'
+    assert main(['run', '--dataset', 'cifar10', '--encoder', 'efficientnet_b0', '--objective', 'ce+sil', '--epochs', '2',
+                 '--bs', '4', '--size', '32', '--dim', '16', '--data-path', str(tmp_path/'data'), '--workers', '0',
+                 '--device', 'cpu', '--out', str(out), '--no-bar']) == 0
+    (row,) = read_rows(out/'results.jsonl')
+    run = out/'runs'/row['key']
+    assert sorted(p.name for p in run.iterdir()) == ['config.json', 'history.jsonl', 'model_best.pkl', 'model_last.pkl', 'row.json']
+    hist = [json.loads(l) for l in (run/'history.jsonl').read_text().splitlines()]
+    assert [h['epoch'] for h in hist] == [1, 2] and hist[-1]['knn'] == row['knn']
+    learn = load_run(run)
+    dls = get_dls('cifar10', bs=4, size=32, path=tmp_path/'data', num_workers=0, device='cpu')
+    e, y = get_embeddings(learn, dls.valid)
+    assert silhouette_score(torch.nn.functional.normalize(e, dim=1), y).item() == row['silhouette']
