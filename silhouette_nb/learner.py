@@ -7,7 +7,7 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/learner.html.md"""
 # %% auto #0
 __all__ = ['EmbeddingNet', 'ViewsCrossEntropy', 'ObjectiveLoss', 'ObjectiveCallback', 'ObjectiveTerm', 'FusedAdam',
            'embedding_learner', 'evaluate', 'FrozenEncoder', 'linear_probe', 'supcon_two_stage', 'fit_objective',
-           'get_embeddings', 'DistributedTraining']
+           'get_embeddings', 'rank_device', 'ModelWithObjective', 'DistributedTraining']
 
 # %% ../nbs/11_learner.ipynb #bc7419a8
 from .validation import require_extra
@@ -24,13 +24,15 @@ with warnings.catch_warnings():  # fastai 2.8's imports warn about torch.jit.scr
     warnings.simplefilter('ignore')
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner, Metric
-    from fastai.callback.core import Callback, CancelValidException
+    from fastai.callback.core import Callback, CancelValidException, TrainEvalCallback
     from fastai.callback.training import GradientAccumulation
     import fastai.callback.schedule  # Learner.fit_one_cycle, Learner.lr_find
     from fastai.optimizer import Adam, OptimWrapper, detuplify_pg, set_item_pg
     from fastai.torch_core import find_bs, to_detach
 import torch.distributed as dist
-from .process_group import world_size, shard_rows
+from torch.nn.parallel import DistributedDataParallel
+from .process_group import world_size
+from .data import shard_dl
 from .heads import Head, LinearClassifier
 from .objectives import Objective, OBJECTIVE_OPTIONS, RENAMED_OPTIONS, spec_requirements
 from .encoders import make_encoder
@@ -90,7 +92,7 @@ class ViewsCrossEntropy:
 class ObjectiveLoss(Callback):
     "Make `objective(outputs, y)['loss']` the loss, keep every term, check the first training batch of a fit; `learn.objective` is the objective."
     order = GradientAccumulation.order - 1  # our loss must exist before GradientAccumulation scales it
-    def __init__(self, objective:Objective): self.objective, self.batch_outputs, self.terms = objective, None, {}
+    def __init__(self, objective:Objective): self.objective, self.batch_outputs, self.result, self.terms = objective, None, None, {}
     def after_create(self): self.learn.objective = self.objective
 
     def before_fit(self):
@@ -105,19 +107,21 @@ class ObjectiveLoss(Callback):
             raise ValueError("ObjectiveLoss needs a model that leaves its outputs dict in `model.outputs`, "
                              f"as EmbeddingNet does; {type(m).__name__} does not")
         m.outputs, self.batch_outputs = None, out
-        if self.training and not self.checked and len(self.yb):
+        self.result = self.pred if isinstance(self.pred, dict) else None   # computed (and checked) in the forward under DDP
+        if self.result is not None: self.learn.pred = out['logits']
+        elif self.training and not self.checked and len(self.yb):
             self.objective.check_outputs(out, *self.yb)
             self.checked = True
 
     def after_loss(self):
         if not len(self.yb): return
-        res = self.objective(self.batch_outputs, *self.yb)
+        res = self.result if self.result is not None else self.objective(self.batch_outputs, *self.yb)
         if self.learn.loss_grad.ndim == 0:  # not under get_preds(with_loss=True), which wants per-sample losses
             self.learn.loss_grad = res['loss']
             self.learn.loss = res['loss'].detach().clone()
         self.terms = {k: v.detach() for k, v in res.items()}
 
-    def after_fit(self): self.batch_outputs = None
+    def after_fit(self): self.batch_outputs = self.result = None
     after_validate = after_train = after_fit
 
 class ObjectiveCallback(ObjectiveLoss):
@@ -204,7 +208,8 @@ def embedding_learner(dls:DataLoaders, # e.g. from `get_dls`; SupCon wants multi
                       opt_func=FusedAdam, # fastai optimiser (`FusedAdam`: fastai's `Adam` on torch's fused kernels)
                       lr:float=1e-3, # default learning rate
                       cbs:list|Callback|None=None, # more callbacks
-                      distributed:bool=False, # train data-parallel when run in a `torch.distributed` group (`DistributedTraining`)
+                      distributed:bool=False, # train data-parallel (DDP) when run in a `torch.distributed` group (`DistributedTraining`)
+                      sync_bn:bool=False, # with `distributed`: batch-norm statistics over the global batch (`SyncBatchNorm`, GPUs only)
                       **kwargs, # the objective's options (`Objective`), the rest to `Learner`, e.g. wd=0.01, path=...
                      )->Learner:
     "A fastai `Learner` training an `EmbeddingNet` with `objective`, logging each term and the whole-set metrics."
@@ -229,7 +234,7 @@ def embedding_learner(dls:DataLoaders, # e.g. from `get_dls`; SupCon wants multi
     whole = iter(whole_set_metrics(tuple(names), normalize=normalize, knn_k=knn_k, kmeans_n_init=kmeans_n_init))
     mets = [ObjectiveTerm(t) for t in obj.terms] + [next(whole) if isinstance(m, str) else m for m in metrics]
     return Learner(dls, model, loss_func=ViewsCrossEntropy(), opt_func=opt_func, lr=lr, metrics=mets,
-                   cbs=[ObjectiveLoss(obj), *([DistributedTraining()] if distributed else []), *L(cbs)], **kwargs)
+                   cbs=[ObjectiveLoss(obj), *([DistributedTraining(sync_bn)] if distributed else []), *L(cbs)], **kwargs)
 
 # %% ../nbs/11_learner.ipynb #14d05c3f
 def evaluate(learn:Learner, # a learner from `embedding_learner` (or `linear_probe`)
@@ -319,57 +324,88 @@ def get_embeddings(learn:Learner, # a learner whose model is an `EmbeddingNet`
     return torch.cat(outs), torch.cat(ys)
 
 # %% ../nbs/11_learner.ipynb #1dec7875
+def rank_device(device:str|torch.device, # the device asked for: 'cpu', 'cuda', 'cuda:0', ...
+               )->torch.device: # this process's device
+    "The device of this process: under several processes every CUDA device becomes `cuda:LOCAL_RANK`, one GPU per process."
+    device = torch.device(device)
+    if device.type != 'cuda' or world_size() < 2: return device
+    return torch.device('cuda', int(os.environ.get('LOCAL_RANK', dist.get_rank() % max(1, torch.cuda.device_count()))))
+
+def _raise_on_all(error:str|None):
+    "Every process raises the first error any process reports (one `all_gather_object`): none waits for a failed one."
+    errors = [None] * world_size()
+    dist.all_gather_object(errors, error)
+    for r, e in enumerate(errors):
+        if e is not None: raise ValueError(f"process {r} of {len(errors)}: {e}")
+
+class ModelWithObjective(nn.Module):
+    "The model and its objective as one module, what DDP wraps: `forward(x, y)` is the objective's dict on the model's outputs."
+    def __init__(self, model:nn.Module, # leaves its outputs dict in `model.outputs`, as `EmbeddingNet` does
+                 objective:Objective):
+        super().__init__()
+        self.model, self.objective, self.check, self.outputs, self.labels = model, objective, False, None, None
+    def forward(self, x:Tensor, # the inputs
+                y:Tensor|None=None, # the labels; `self.labels` when None (fastai calls the model with the inputs only)
+               )->dict: # the objective's 'loss' and terms; the model's outputs, detached, in `self.outputs`
+        y = self.labels if y is None else y
+        self.model(x)
+        out, self.model.outputs = self.model.outputs, None
+        if self.check:   # the first batch of a fit, on every process together
+            try: self.objective.check_outputs(out, y); error = None
+            except ValueError as e: error = str(e)
+            if world_size() > 1: _raise_on_all(error)
+            elif error: raise ValueError(error)
+            self.check = False
+        self.outputs = {k: v.detach() for k, v in out.items()}
+        return self.objective(out, y)
+
 def _local_detach(b, cpu=True, gather=True):
     "fastai's `to_detach` without its all-gather: the validation pass runs on one process only."
     return to_detach(b, cpu, gather=False)
 
+def _leaves_unused(model, objective)->bool:
+    "Does the objective leave trained parameters of the model without a gradient (a classifier it does not read...)?"
+    need, trained = objective.requirements, lambda m: m is not None and any(p.requires_grad for p in m.parameters())
+    return (not need['logits'] and trained(getattr(model, 'classifier', None))) or (not need['features'] and trained(getattr(model, 'projection', None)))
+
 class DistributedTraining(Callback):
-    "Data-parallel training in a `torch.distributed` group: each process trains on its rows of every global batch."
-    order = ObjectiveLoss.order + 1
-    def _params(self):
-        seen, out = set(), []
-        for p in [*self.learn.model.parameters(), *self.learn.objective.parameters()]:
-            if id(p) not in seen: seen.add(id(p)); out.append(p)
-        return out
+    "Data-parallel training with `DistributedDataParallel` in a `torch.distributed` group: each process loads and trains its shard of every global batch."
+    order = TrainEvalCallback.order - 1   # before the model goes to the device, which may become `cuda:LOCAL_RANK`
+    def __init__(self, sync_bn:bool=False): self.sync_bn = sync_bn   # `SyncBatchNorm` (GPUs only)
 
-    def _broadcast(self, tensors):
-        for t in tensors: dist.broadcast(t.data, 0)
-
-    def before_fit(self):
-        self.world, self.rank = world_size(), (dist.get_rank() if world_size() > 1 else 0)
-        self.gather_was = self.learn.objective.gather
+    def before_fit(self):   # no collective: `validate` runs it on rank 0 alone
+        self.world, self.gather_was = world_size(), self.learn.objective.gather
         if self.world < 2: return
-        bs = getattr(self.dls.train, 'bs', None)
-        if bs is not None and bs < self.world:
-            raise ValueError(f"the global batch ({bs}) must have at least one row per process ({self.world} processes)")
+        self.rank, self.device = dist.get_rank(), torch.device(self.dls.device or 'cpu')
+        if self.device.type == 'cuda': self.learn.dls.device = self.device = rank_device(self.device); torch.cuda.set_device(self.device)
+        if self.sync_bn and self.device.type != 'cuda': raise ValueError("sync_bn=True needs GPUs: PyTorch's SyncBatchNorm runs on CUDA only")
+        self.global_train, self.plain, self.ddp = self.dls.train, self.learn.model, None
+        self.learn.dls.loaders[0] = shard_dl(self.global_train)
         self.learn.to_detach = _local_detach   # fastai gathers its logged values whenever WORLD_SIZE is set
-        self.synced = False   # before_fit also runs in `validate`, on rank 0 alone: no collective here
 
     def before_train(self):
         if self.world < 2: return
-        if not self.synced: self._broadcast([*self._params(), *self.learn.model.buffers()]); self.synced = True
-        self.learn.objective.gather = True
+        if self.ddp is None:
+            if self.sync_bn: self.plain = nn.SyncBatchNorm.convert_sync_batchnorm(self.plain)   # the same parameters
+            module = ModelWithObjective(self.plain, self.learn.objective)
+            module.check = True
+            cuda = self.device.type == 'cuda'
+            self.ddp = DistributedDataParallel(module, device_ids=[self.device.index] if cuda else None,
+                                               find_unused_parameters=_leaves_unused(self.plain, self.learn.objective))
+        self.learn.model, self.learn.objective.gather = self.ddp, True
 
     def before_batch(self):
-        if self.world < 2 or not self.training: return
-        rows = shard_rows(find_bs(self.yb), self.rank, self.world)
-        self.learn.xb = tuple(x[rows] for x in self.xb)
-        self.learn.yb = tuple(y[rows] for y in self.yb)
+        if self.world > 1 and self.training: self.ddp.module.labels = self.yb[0]   # read by the module's forward
 
-    def after_backward(self):
+    def after_train(self):
         if self.world < 2: return
-        ps = [p for p in self._params() if p.grad is not None]
-        if not ps: return
-        flat = torch.cat([p.grad.reshape(-1) for p in ps])
-        dist.all_reduce(flat)
-        flat /= self.world
-        for p, g in zip(ps, flat.split([p.numel() for p in ps])): p.grad.copy_(g.view_as(p.grad))
+        self.learn.model = self.plain
+        for b in self.plain.buffers(): dist.broadcast(b, 0)   # rank 0's batch-norm statistics on every process
 
     def before_validate(self):
         self.learn.objective.gather = False
         if self.world > 1 and self.rank != 0: raise CancelValidException()
 
-    def after_train(self):
-        if self.world > 1: self._broadcast(list(self.learn.model.buffers()))   # rank 0's batch-norm statistics
-
-    def after_fit(self): self.learn.objective.gather = self.gather_was
+    def after_fit(self):
+        self.learn.objective.gather = self.gather_was
+        if self.world > 1: self.learn.model, self.learn.dls.loaders[0] = self.plain, self.global_train
