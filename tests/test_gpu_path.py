@@ -68,10 +68,10 @@ class StepEnd(Callback):
         if self.counter.on: self.counter.on = False; self.counter.steps[-1] = (self.counter.steps[-1][0], self.counter.aten - self.counter.steps[-1][1])
 
 
-def step_syncs(spec, monkeypatch, steps=6, **kw):
+def step_syncs(spec, monkeypatch, steps=6, device='cpu', **kw):
     "Train `spec` for `steps` steps on digits (no progress bar); per step: ({(method, caller): calls}, {operator: calls})."
     set_seed(0)
-    dls = get_dls('digits', bs=64, n_train=64 * steps, device='cpu')
+    dls = get_dls('digits', bs=64, n_train=64 * steps, device=device)
     with count_syncs() as aten:
         cb = StepSyncs(aten)
         for n in SYNC_METHODS:
@@ -104,6 +104,15 @@ def test_validation_on_syncs_every_step(monkeypatch):
 
 
 # ---------------------------------------------------------------- on CUDA
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize('spec', ['ce', 'ce+center'])
+def test_gpu_one_device_to_host_copy_per_step(spec, monkeypatch, no_validation):
+    "On CUDA the only synchronisation of a later step is fastai's smoothed loss, a copy to the host."
+    for methods, ops in step_syncs(spec, monkeypatch, device='cuda')[1:]:
+        assert dict(methods) == {('cpu', 'fastai'): 1} and dict(ops) == {'aten._to_copy': 1}, (methods, ops)
+
+
 @cuda
 @pytest.mark.gpu
 def test_gpu_fused_adam_matches_fastai_adam():
