@@ -6,9 +6,10 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/data.html.md"""
 
 # %% auto #0
 __all__ = ['FASHION_MNIST_DIR', 'FASHION_MNIST_CLASSES', 'CIFAR_STATS', 'IMAGENET_STATS', 'TENSOR_DATASETS', 'IMAGE_DATASETS',
-           'read_idx', 'write_idx', 'stratified_split', 'TensorClassDataset', 'RandomShift', 'MultiView',
-           'balanced_batch_idxs', 'dataset_labels', 'BalancedDL', 'load_digits_arrays', 'load_mnist1d', 'data_dir',
-           'load_fashion_mnist', 'tensor_dsets', 'ToRGB', 'image_tfms', 'LabelledSubset', 'image_dsets', 'get_dls']
+           'read_idx', 'write_idx', 'stratified_split', 'TensorClassDataset', 'RandomShift', 'MultiView', 'DeviceDL',
+           'NormalizeOnDevice', 'balanced_batch_idxs', 'dataset_labels', 'BalancedDL', 'ShardedDL', 'shard_dl',
+           'load_digits_arrays', 'load_mnist1d', 'data_dir', 'load_fashion_mnist', 'tensor_dsets', 'image_stats',
+           'ToRGB', 'image_tfms', 'LabelledSubset', 'image_dsets', 'get_dls']
 
 # %% ../nbs/08_data.ipynb #fe2f3993
 from .validation import require_extra
@@ -24,8 +25,11 @@ from torch import Tensor
 import warnings
 with warnings.catch_warnings():  # fastai 2.8 calls the deprecated `torch.jit.script` when imported
     warnings.simplefilter('ignore', FutureWarning)
-    from fastai.data.core import DataLoaders, TfmdDL
-    from fastai.torch_core import default_device
+    from fastai.data.core import DataLoaders, TfmdDL, Transform
+    from fastai.data.load import _loaders
+    from fastai.torch_core import default_device, to_device
+import torch.distributed as dist
+from .process_group import world_size, shard_rows
 
 # %% ../nbs/08_data.ipynb #a091eb58
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'),
@@ -128,6 +132,36 @@ class MultiView(torch.utils.data.Dataset):
         if k.startswith('__') or k in ('ds', 'tfm', 'views'): raise AttributeError(k)
         return getattr(self.ds, k)
 
+# %% ../nbs/08_data.ipynb #a1aa28f2
+class DeviceDL(TfmdDL):
+    "fastai's `TfmdDL`, copying pinned batches to the device without blocking the host, then applying `after_batch` there."
+    def __iter__(self):   # fastai's `DataLoader.__iter__`, with `non_blocking` copies from pinned memory
+        self.randomize()
+        self.before_iter()
+        self._DataLoader__idxs = self.get_idxs()   # in the main process, as fastai does
+        for b in _loaders[self.fake_l.num_workers == 0](self.fake_l):
+            if self.pin_memory and type(b) == list: b = tuple(b)
+            if self.device is not None: b = to_device(b, self.device, non_blocking=self.pin_memory)
+            yield self.after_batch(b)
+        self.after_iter()
+        if hasattr(self, 'it'): del self.it
+
+class NormalizeOnDevice(Transform):
+    "Batches of uint8 images to float32 `(x/255 - mean) / std` per channel, where they are: `ToTensor` + `Normalize` after the copy."
+    order = 0
+    def __init__(self, mean:list, # per-channel means of the [0, 1] images
+                 std:list, # per-channel standard deviations
+                ):
+        super().__init__()
+        self.mean, self.std = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    def to(self, device): self.mean, self.std = self.mean.to(device), self.std.to(device)   # fastai calls it on `dl.to(device)`
+    def encodes(self, x:Tensor):
+        if x.dtype != torch.uint8: return x
+        if self.mean.device != x.device: self.to(x.device)
+        m, s = self.mean.view(-1, 1, 1), self.std.view(-1, 1, 1)   # broadcast over (..., C, H, W)
+        return x.float().div_(255).sub_(m).div_(s)
+    def __repr__(self): return f"NormalizeOnDevice(mean={self.mean.tolist()}, std={self.std.tolist()})"
+
 # %% ../nbs/08_data.ipynb #dcdae1c8
 def balanced_batch_idxs(labels:Tensor, # (N,) integer labels of the dataset
                         k:int, # classes per batch
@@ -159,8 +193,8 @@ def dataset_labels(ds)->Tensor: # (N,) int64 labels
     return torch.tensor([int(ds[i][1]) for i in range(len(ds))])  # last resort: reads every item
 
 # %% ../nbs/08_data.ipynb #79f142bd
-class BalancedDL(TfmdDL):
-    "A fastai `TfmdDL` whose batches hold `m` samples of each of `bs // m` classes."
+class BalancedDL(DeviceDL):
+    "A `DeviceDL` whose batches hold `m` samples of each of `bs // m` classes."
     def __init__(self, dataset, # a dataset of (input, label) items
                  bs:int=64, # batch size, a multiple of `m`
                  m:int=2, # samples per class in each batch
@@ -183,6 +217,40 @@ class BalancedDL(TfmdDL):
     def new(self, dataset=None, cls=None, **kwargs):
         kw = dict(m=self.m, seed=self.seed, n_batches=self.n_batches, labels=self.labels if dataset is None else None)
         return super().new(dataset, cls, **{**kw, **kwargs})
+
+# %% ../nbs/08_data.ipynb #e9c93511
+class ShardedDL(DeviceDL):
+    "Process `rank`'s rows of every global batch of `dl`, each batch shuffled first (the same way on every process)."
+    def __init__(self, dataset=None, dl=None, rank:int=0, world:int=1, seed:int=0, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.dl, self.rank, self.world, self.seed = dl, rank, world, seed
+        self.gen = torch.Generator().manual_seed(seed)
+        if dl is not None:
+            full, tail = divmod(dl.n, dl.bs)
+            self.n = full * self.bs + (0 if dl.drop_last else tail - tail % world) // world
+
+    def get_idxs(self):
+        g = self.dl
+        g.randomize()                      # what the global loader does before asking for an epoch's order
+        idxs, out = list(g.get_idxs()), []
+        for i in range(0, len(idxs), g.bs):
+            b = idxs[i:i + g.bs]
+            if len(b) < g.bs and g.drop_last: break
+            b = b[:len(b) - len(b) % self.world]
+            keep = torch.randperm(len(b), generator=self.gen)[shard_rows(len(b), self.rank, self.world)]
+            out += [b[j] for j in keep.tolist()]
+        return out
+
+def shard_dl(dl, # a fastai `DataLoader` of global batches (`TfmdDL`, `DeviceDL`, `BalancedDL`)
+             rank:int|None=None, # this process by default
+             world:int|None=None, # `world_size()` by default
+             seed:int=0, # seed of the shuffle inside each global batch, the same on every process
+            )->ShardedDL: # batches of `dl.bs // world` rows: this process's part of each global batch
+    "The loader of process `rank`: its shard of every global batch of `dl`, loaded by it alone."
+    world = world_size() if world is None else world
+    rank = (dist.get_rank() if world_size() > 1 else 0) if rank is None else rank
+    if dl.bs % world: raise ValueError(f"the global batch (bs={dl.bs}) must split evenly over {world} processes")
+    return TfmdDL.new(dl, cls=ShardedDL, bs=dl.bs // world, shuffle=False, drop_last=False, dl=dl, rank=rank, world=world, seed=seed)
 
 # %% ../nbs/08_data.ipynb #e744de3f
 def load_digits_arrays(path=None)->tuple: # (x_train, y_train, x_valid, y_valid, vocab); valid is empty
@@ -279,6 +347,8 @@ from torchvision import datasets as tvd
 CIFAR_STATS = ([0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616])
 IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
+def image_stats(cifar:bool)->tuple: return CIFAR_STATS if cifar else IMAGENET_STATS   # (means, stds) per channel
+
 class ToRGB:
     "Convert a PIL image to RGB (Caltech holds some greyscale images)."
     def __call__(self, im): return im.convert('RGB')
@@ -288,7 +358,8 @@ def image_tfms(cifar:bool, # CIFAR-style (32×32, CIFAR-10 AutoAugment policy) o
                train:bool, # random augmentation (train) or deterministic resizing (valid)
                size:int|None=None, # output side; 32 for CIFAR and 224 otherwise when None
                autoaugment:bool=True, # include AutoAugment in the training transform
-              )->T.Compose: # PIL image -> (3, size, size) normalised float tensor
+               normalize:bool=False, # end with `ToTensor` + `Normalize` (float32) instead of uint8, normalised later by `NormalizeOnDevice`
+              )->T.Compose: # PIL image -> (3, size, size) uint8 tensor (normalised float32 with `normalize`)
     "The transform of one image: AutoAugment and random crops for training, resize and centre crop for validation."
     size = size or (32 if cifar else 224)
     policy = T.AutoAugmentPolicy.CIFAR10 if cifar else T.AutoAugmentPolicy.IMAGENET
@@ -297,7 +368,8 @@ def image_tfms(cifar:bool, # CIFAR-style (32×32, CIFAR-10 AutoAugment policy) o
         crop = [T.RandomCrop(size, padding=size // 8)] if cifar else [T.RandomResizedCrop(size)]
         aug = crop + [T.RandomHorizontalFlip()] + ([T.AutoAugment(policy)] if autoaugment else [])
     else: aug = [] if cifar else [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
-    return T.Compose(pre + aug + [T.ToTensor(), T.Normalize(*(CIFAR_STATS if cifar else IMAGENET_STATS))])
+    end = [T.ToTensor(), T.Normalize(*image_stats(cifar))] if normalize else [T.PILToTensor()]
+    return T.Compose(pre + aug + end)
 
 # %% ../nbs/08_data.ipynb #0ba326a8
 class LabelledSubset(torch.utils.data.Dataset):
@@ -367,24 +439,25 @@ def get_dls(name:str, # a name in `TENSOR_DATASETS` or `IMAGE_DATASETS`
             size:int|None=None, # image side for the image datasets; 32 for CIFAR, 224 otherwise
             valid_pct:float=0.2, # validation fraction where there is no official split
             num_workers:int|None=None, # loader processes; 0 for tensor datasets, fastai's default otherwise
-            device=None, # where batches go; fastai's default device when None
+            device=None, # where batches go (from pinned memory, without blocking, on CUDA); fastai's default device when None
            )->DataLoaders:
     "fastai `DataLoaders` for one of the datasets, with optional multi-view and class-balanced training batches."
     if name in TENSOR_DATASETS:
         tr, va = tensor_dsets(name, n_train, n_valid, valid_pct, seed, path, download)
-        tfm, vtfm, nw = _TENSOR_DATA[name][1], None, 0 if num_workers is None else num_workers
+        tfm, vtfm, nw, stats = _TENSOR_DATA[name][1], None, 0 if num_workers is None else num_workers, None
     elif name in IMAGE_DATASETS:
         tr, va = image_dsets(name, path, download, valid_pct, seed)
         if n_train is not None: tr = LabelledSubset(tr, stratified_split(tr.targets, n_train, seed)[0], tr.targets, tr.vocab)
         if n_valid is not None: va = LabelledSubset(va, stratified_split(va.targets, n_valid, seed)[0], va.targets, va.vocab)
         cifar = name.startswith('cifar')
-        tfm, vtfm, nw = image_tfms(cifar, True, size), image_tfms(cifar, False, size), num_workers
+        tfm, vtfm, nw, stats = image_tfms(cifar, True, size), image_tfms(cifar, False, size), num_workers, image_stats(cifar)
     else:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(TENSOR_DATASETS + IMAGE_DATASETS)}")
     if not augment and views == 1: tfm = vtfm
     tr, va = MultiView(tr, tfm, views), MultiView(va, vtfm, 1)
     device = default_device() if device is None else device
-    kw = dict(num_workers=nw, device=device)
-    if balanced is not None: dl = BalancedDL(tr, bs=bs, m=balanced, seed=seed, **kw)
-    else: dl = TfmdDL(tr, bs=bs, shuffle=True, drop_last=len(tr) >= bs, **kw)
-    return DataLoaders(dl, TfmdDL(va, bs=bs, shuffle=False, **kw), device=device)
+    kw = lambda: dict(num_workers=nw, device=device, pin_memory=torch.device(device).type == 'cuda',
+                      after_batch=NormalizeOnDevice(*stats) if stats else None)
+    if balanced is not None: dl = BalancedDL(tr, bs=bs, m=balanced, seed=seed, **kw())
+    else: dl = DeviceDL(tr, bs=bs, shuffle=True, drop_last=len(tr) >= bs, **kw())
+    return DataLoaders(dl, DeviceDL(va, bs=bs, shuffle=False, **kw()), device=device)

@@ -440,3 +440,95 @@ def test_mnist1d_end_to_end_offline(monkeypatch):
     D._mnist1d_arrays.cache_clear()
     raw = D.load_mnist1d()[0]
     assert torch.allclose(dls.train_ds.ds.x, (raw - raw.mean()) / raw.std(), atol=1e-5)
+
+
+# ---------------------------------------------------------------- batches to the device: bytes, pinned memory, shards
+class CopiedBytes(__import__('torch.utils._python_dispatch', fromlist=['TorchDispatchMode']).TorchDispatchMode):
+    "Bytes read by copies to another device (here the `meta` device: what would travel to a GPU)."
+    def __init__(self): super().__init__(); self.n = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket.__name__ == '_to_copy' and kwargs.get('device') not in (None, args[0].device):
+            self.n += args[0].numel() * args[0].element_size()
+        return func(*args, **kwargs)
+
+
+def test_image_batches_travel_as_bytes_same_values(tmp_path, monkeypatch):
+    "Images are uint8 until the device; after `NormalizeOnDevice` the values are those of per-image ToTensor + Normalize."
+    write_cifar10(tmp_path, monkeypatch)
+    dls = get_dls('cifar10', path=tmp_path, bs=6, num_workers=0, device='cpu')
+    raw = dls.valid_ds.ds
+    assert dls.valid_ds[0][0].dtype == torch.uint8
+    per_image = torch.stack([image_tfms(True, False, normalize=True)(raw[i][0]) for i in range(6)])
+    x, y = dls.valid.one_batch()
+    assert x.dtype == torch.float32 and torch.equal(x, per_image)
+    xt, _ = dls.train.one_batch()
+    assert xt.dtype == torch.float32 and torch.isfinite(xt).all()
+
+
+def test_bytes_per_two_view_224_step(tmp_path, monkeypatch):
+    "A two-view 224-px batch copies 4x fewer bytes than float32 images: measured on the `meta` device."
+    write_cifar10(tmp_path, monkeypatch)
+    dls = get_dls('cifar10', path=tmp_path, bs=4, views=2, size=224, num_workers=0, device='meta')
+    with CopiedBytes() as moved: x, y = dls.train.one_batch()
+    assert x.device.type == 'meta' and x.dtype == torch.float32 and x.shape == (4, 2, 3, 224, 224)
+    images = 4 * 2 * 3 * 224 * 224
+    assert moved.n == images + 4 * 8                          # uint8 images, int64 labels
+    assert 2 * 128 * 3 * 224 * 224 * 4 == 154_140_672         # the 154 MB per step of 128 (float32) ...
+    assert 2 * 128 * 3 * 224 * 224 == 38_535_168              # ... and now
+
+
+def test_pinned_memory_and_non_blocking_copies(monkeypatch):
+    "CUDA loaders pin their batches; pinned batches are copied with non_blocking=True (CPU batches as before)."
+    assert get_dls('digits', device='cuda').train.pin_memory and get_dls('digits', device='cuda').valid.pin_memory
+    assert not get_dls('digits', device='cpu').train.pin_memory
+    calls = []
+    real = D.to_device
+    monkeypatch.setattr(D, 'to_device', lambda b, device=None, non_blocking=False: calls.append(non_blocking) or real(b, device))
+    ds = TensorClassDataset(torch.randn(8, 2), torch.arange(8) % 2, 'ab')
+    with pytest.warns(UserWarning, match='pin_memory'):           # no accelerator here: torch says it will not pin
+        list(D.DeviceDL(ds, bs=4, num_workers=0, pin_memory=True, device='cpu'))
+    list(D.DeviceDL(ds, bs=4, num_workers=0, device='cpu'))
+    assert calls == [True, True, False, False]
+
+
+def global_and_shards(dl_fn, world):
+    "The batches of a global loader and of its `world` shards (fresh loaders with the same seeds)."
+    glob = [b[0][:, 0].long().tolist() for b in dl_fn()]
+    shards = [[b[0][:, 0].long().tolist() for b in D.shard_dl(dl_fn(), rank=r, world=world)] for r in range(world)]
+    return glob, shards
+
+
+@pytest.mark.parametrize('world', [1, 2, 4])
+@pytest.mark.parametrize('kind', ['balanced', 'shuffled', 'tail'])
+def test_shards_partition_each_global_batch(kind, world):
+    y = torch.arange(200) % 10
+    ds = TensorClassDataset(torch.arange(200.)[:, None], y, vocab=range(10))
+    def dl_fn():
+        if kind == 'balanced': return BalancedDL(ds, bs=40, m=4, n_batches=6, seed=3, num_workers=0)
+        random.seed(1)                       # fastai's loader seeds its shuffle from Python's generator when made
+        return D.DeviceDL(ds, bs=48, shuffle=True, drop_last=kind == 'shuffled', num_workers=0)
+    glob, shards = global_and_shards(dl_fn, world)
+    expect = glob if kind != 'tail' else glob[:-1] + [glob[-1][:len(glob[-1]) - len(glob[-1]) % world]]
+    assert len(shards[0]) == len(expect) == len(D.shard_dl(dl_fn(), rank=0, world=world))
+    for step, g in enumerate(expect):
+        parts = [s[step] for s in shards]
+        assert len({len(p) for p in parts}) == 1                             # equal shards
+        assert sorted(sum(parts, [])) == sorted(g)                           # together: the global batch
+    if kind == 'balanced' and world == 2:                                    # a contiguous half holds 5 of 10 classes
+        assert min(len(y[torch.tensor(s[i])].unique()) for s in shards for i in range(6)) >= 7
+
+
+def test_shard_loads_only_its_rows():
+    class Counted(TensorClassDataset):
+        def __getitem__(self, i): self.reads.append(int(i)); return super().__getitem__(i)
+    ds = Counted(torch.arange(96.)[:, None], torch.arange(96) % 6, vocab=range(6)); ds.reads = []
+    g = BalancedDL(ds, bs=24, m=4, n_batches=4, seed=0, num_workers=0)
+    reads = []
+    for r in range(3):
+        dl = D.shard_dl(g.new(), rank=r, world=3)
+        ds.reads = []; list(dl); reads.append(sorted(ds.reads))
+    assert [len(r) for r in reads] == [4 * 8] * 3                             # a third of each global batch each
+    ds.reads = []; list(g.new())
+    assert sorted(sum(reads, [])) == sorted(ds.reads)                         # together: what one process reads
+    with pytest.raises(ValueError, match='split evenly over 5 processes'): D.shard_dl(g, rank=0, world=5)
