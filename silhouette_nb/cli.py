@@ -168,7 +168,14 @@ def _cmd_suite(args, log):
     try: cfgs = suite.configs(seeds=args.seeds, datasets=args.datasets, objectives=args.objectives, encoders=args.encoders, **sets)
     except TypeError as e: raise ValueError(str(e)) from None
     if args.dry_run: log(suite.table(seeds=args.seeds, datasets=args.datasets, objectives=args.objectives, encoders=args.encoders, **sets))
-    return _run_list(args, cfgs, suite.name, log)
+    rc = _run_list(args, cfgs, suite.name, log)
+    if suite.name == 'paper-smoke' and not args.dry_run:   # what its measured runs say the full suite costs
+        from silhouette_nb.report import full_suite_estimate, estimate_summary
+        from silhouette_nb.runner import read_rows
+        keys = {c.key for c in cfgs}
+        rows = [r for r in read_rows(Path(args.out or Path('results')/suite.name)/'results.jsonl', warn=False) if r['key'] in keys]
+        if rows: log(estimate_summary(full_suite_estimate(rows)))
+    return rc
 
 def _cmd_report(args, log):
     from silhouette_nb.report import REPORT_METRICS, write_report

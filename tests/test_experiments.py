@@ -193,7 +193,7 @@ def test_suite_list(capsys, tmp_path):
     assert main(['suite', 'quick', '--list', '--out', str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert '81 runs.' in out and '0 of them already in' in out
-    assert {n: len(s.configs()) for n, s in SUITES.items()} == {'quick': 81, 'corel': 18, 'paper': 147}
+    assert {n: len(s.configs()) for n, s in SUITES.items()} == {'quick': 81, 'corel': 18, 'paper': 147, 'paper-smoke': 14}
 
 
 # ---------------------------------------------------------------- determinism on the CPU
@@ -370,3 +370,32 @@ def test_paper_run_folder_on_fixtures(tmp_path, monkeypatch):
     dls = get_dls('cifar10', bs=4, size=32, path=tmp_path/'data', num_workers=0, device='cpu')
     e, y = get_embeddings(learn, dls.valid)
     assert silhouette_score(torch.nn.functional.normalize(e, dim=1), y).item() == row['silhouette']
+
+
+def test_paper_smoke_on_fixtures(tmp_path, monkeypatch, capsys):
+    "`paper-smoke` (2 datasets × 7 objectives) through `main` on the fixtures, its estimate printed and in the report."
+    from silhouette_nb.config import PAPER_SMOKE
+    write_fixtures(tmp_path/'data', monkeypatch)
+    torch.set_num_threads(1)
+    out = tmp_path/'smoke'
+    sets = ['n_train=none', 'n_valid=none', 'size=32', 'bs=4', 'balanced=2']   # the fixtures: 12 / 24 training images
+    args = ['suite', 'paper-smoke', '--out', str(out), '--data-path', str(tmp_path/'data'), '--device', 'cpu',
+            '--workers', '0', '--no-bar', '--save-model', 'none'] + [a for s in sets for a in ('--set', s)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    rows = read_rows(out/'results.jsonl')
+    assert sorted((r['dataset'], r['objective']) for r in rows) == sorted(
+        (d, o) for d in ('cifar10', 'caltech101') for o in PAPER.objectives)
+    assert all(r['suite'] == 'paper-smoke' and r['config']['epochs'] == 1 and r['sec_per_epoch'] > 0 for r in rows)
+    assert {r['config']['probe_epochs'] for r in rows if r['objective'] == 'supcon'} == {1}
+    # size=32 everywhere: only the 42 CIFAR runs of `paper` have a measured rate, and the line says so
+    assert 'expected training time of the full `paper` suite for 42 of its 147 runs' in printed
+    assert main(['report', str(out)]) == 0
+    md = (out/'report.md').read_text()
+    assert '## Expected time of the full `paper` suite' in md and '| cifar100 | 32 | 50000 | 21 |' in md
+
+
+def test_paper_smoke_dry_run(capsys, tmp_path):
+    assert main(['suite', 'paper-smoke', '--dry-run', '--out', str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert '| caltech101 | efficientnet_b0 | 7 | 1 |' in out and 'n_train=1024' in out and '14 runs' in out
