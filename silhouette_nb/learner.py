@@ -272,6 +272,10 @@ def classification_dls(dls:DataLoaders, # labelled data: `get_dls`, `DataLoaders
                        n_classes:int|None=None, # K when the data cannot tell (see `class_names`)
                       )->DataLoaders: # `ClassDataLoaders` on the same loaders; `dls` itself when it is fastai's own data
     "`dls` ready for fastai's inference and display: datasets wrapped in `ClassItems` (in place), `DisplayTypes` after the batches."
+    prepared = dls.train_ds.c if isinstance(dls.train_ds, ClassItems) else None
+    if prepared is not None and n_classes is not None and n_classes != prepared:
+        raise ValueError(f"these loaders were prepared for {prepared} classes by `classification_dls`: make new DataLoaders "
+                         f"for n_classes={n_classes}")
     names = class_names(dls, n_classes)
     if isinstance(dls, ClassDataLoaders): return dls
     if not all(isinstance(dl, TfmdDL) and not isinstance(dl.dataset, (Datasets, TfmdLists)) for dl in dls.loaders): return dls
