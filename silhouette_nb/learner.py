@@ -210,7 +210,7 @@ class TensorSample(TensorBase):
         x = self.as_subclass(Tensor).detach().float().cpu()
         im = _as_image(x)
         if im is not None:
-            return show_image(im, ctx=ctx, figsize=figsize, title=title, **({'cmap': 'Greys', **kwargs} if im.ndim == 2 else kwargs))
+            return show_image(im.numpy(), ctx=ctx, figsize=figsize, title=title, **({'cmap': 'Greys', **kwargs} if im.ndim == 2 else kwargs))
         ax = ctx if ctx is not None else plt.subplots(figsize=figsize or (3, 2))[1]
         for row in x.reshape(-1, x.shape[-1] if x.ndim else 1): ax.plot(row.numpy(), lw=1)
         ax.tick_params(labelsize=6)
