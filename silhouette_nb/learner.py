@@ -219,11 +219,13 @@ class TensorSample(TensorBase):
 
 @show_batch.dispatch
 def _show_batch(x:TensorSample, y, samples, ctxs=None, max_n=9, nrows=None, ncols=None, figsize=None, **kwargs):
+    "fastai's `show_batch` for model inputs: the samples on a grid, titled with their classes."
     if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)
     return get_show_batch_func()(x, y, samples, ctxs=ctxs, max_n=max_n, **kwargs)
 
 @show_results.dispatch
 def _show_results(x:TensorSample, y, samples, outs, ctxs=None, max_n=9, nrows=None, ncols=None, figsize=None, **kwargs):
+    "fastai's `show_results` for model inputs: the samples on a grid, titled with their class and the prediction (green or red)."
     if ctxs is None: ctxs = get_grid(min(len(samples), max_n), nrows=nrows, ncols=ncols, figsize=figsize)
     for i in range(len(samples[0])):
         ctxs = [b.show(ctx=c, **kwargs) for b, c, _ in zip(samples.itemgot(i), ctxs, range(max_n))]

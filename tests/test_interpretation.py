@@ -112,6 +112,15 @@ def test_any_encoder_module_its_size_measured():
     assert math.isfinite(float(learn.recorder.values[-1][0]))
 
 
+def test_linear_probe_of_an_encoder_without_size(signal_learner):
+    "The frozen copy of an encoder without `out_features` is measured the same way: the probe trains on its 24-d embedding."
+    from silhouette_nb.learner import FrozenEncoder, linear_probe
+    learn, x, y = signal_learner
+    probe = fit(linear_probe(learn, seed=0), 1, 1e-2)
+    assert isinstance(probe.model.encoder, FrozenEncoder) and probe.model.d_h == 24 and probe.dls is learn.dls
+    assert evaluate(probe)['top1'] > 0.5
+
+
 def test_encoder_without_size_on_empty_data_says_what_to_give():
     dls, x, y = signals()
     empty = DataLoaders.from_dsets(TensorDataset(x[:0], y[:0]), TensorDataset(x[:0], y[:0]), bs=16, device='cpu')
