@@ -8,7 +8,7 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/cli.html.md"""
 __all__ = ['read_settings', 'make_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #b6f901a4
-import argparse, os, sys
+import argparse, os
 from dataclasses import fields
 from pathlib import Path
 from . import __version__

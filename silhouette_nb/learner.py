@@ -28,7 +28,7 @@ with warnings.catch_warnings():  # fastai 2.8's imports warn about torch.jit.scr
     from fastai.callback.core import Callback, CancelValidException, TrainEvalCallback
     from fastai.callback.training import GradientAccumulation
     import fastai.callback.schedule  # Learner.fit_one_cycle, Learner.lr_find
-    from fastai.optimizer import Adam, OptimWrapper, detuplify_pg, set_item_pg
+    from fastai.optimizer import OptimWrapper, detuplify_pg, set_item_pg
     from fastai.torch_core import find_bs, to_detach
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
