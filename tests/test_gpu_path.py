@@ -2,7 +2,7 @@
 
 On the CPU: the host synchronisations of a training step, counted by intercepting the tensor methods that wait for
 the device (`item`, `tolist`, `cpu`, `numpy`, `__bool__`, `__int__`, `__float__`, `nonzero`) and, at the operator
-level, `objectives.count_syncs`, attributed to our code or to fastai's. The GPU-marked tests (`pytest -m gpu`, run by
+level, `validation.count_syncs`, attributed to our code or to fastai's. The GPU-marked tests (`pytest -m gpu`, run by
 `make gpu-check`) check on CUDA what the CPU cannot show: the fused optimiser's kernels, pinned and non-blocking copies
 of uint8 images normalised on the device, and data-parallel training on NCCL with `SyncBatchNorm`.
 """
@@ -15,7 +15,7 @@ from fastai.torch_core import set_seed
 from silhouette_nb import data as D
 from silhouette_nb.data import get_dls
 from silhouette_nb.learner import FusedAdam, embedding_learner
-from silhouette_nb.objectives import count_syncs
+from silhouette_nb.validation import count_syncs
 from silhouette_nb.validation import set_default_validate_args, validating
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
