@@ -52,35 +52,34 @@ def _is_sync(func, args, kwargs):
     return False
 
 class _SyncDispatch(TorchDispatchMode):
-    def __init__(self, ops): super().__init__(); self.ops = ops
+    def __init__(self, record): super().__init__(); self.record = record
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _is_sync(func, args, kwargs): self.ops.append(f'aten.{func.overloadpacket.__name__}')
+        if _is_sync(func, args, kwargs): self.record(f'aten.{func.overloadpacket.__name__}')
         return func(*args, **kwargs)
 
 class _SyncMethods(TorchFunctionMode):
-    def __init__(self, ops): super().__init__(); self.ops = ops
+    def __init__(self, record): super().__init__(); self.record = record
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, '__name__', None) in _SYNC_METHODS: self.ops.append(f'Tensor.{func.__name__}')
+        if getattr(func, '__name__', None) in _SYNC_METHODS: self.record(f'Tensor.{func.__name__}')
         return func(*args, **(kwargs or {}))
 
 class host_syncs:
     "Records in `.ops`, in order, the operations inside the block that need a tensor's value on the host (on a GPU, each one waits for it)."
     def __enter__(self):
         self.ops = []
-        self._modes = (_SyncMethods(self.ops), _SyncDispatch(self.ops))
+        self._modes = (_SyncMethods(self.ops.append), _SyncDispatch(self.ops.append))
         for m in self._modes: m.__enter__()
         return self
     def __exit__(self, *exc):
         for m in reversed(self._modes): m.__exit__(*exc)
 
 @contextlib.contextmanager
-def count_syncs(): # a `collections.Counter` of the operations `host_syncs` records, filled when the block ends
-    "The operations that make the host wait for the device inside the block, counted by name."
+def count_syncs(): # a `collections.Counter` of the operations `host_syncs` records, counted as they happen
+    "The operations that make the host wait for the device inside the block, counted by name (readable inside the block too)."
     counts = collections.Counter()
-    with host_syncs() as s:
-        try: yield counts
-        finally: counts.update(s.ops)
+    def record(name): counts[name] += 1
+    with _SyncMethods(record), _SyncDispatch(record): yield counts
 
 
 # %% ../nbs/00_validation.ipynb #024b94c1
