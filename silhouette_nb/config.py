@@ -54,7 +54,7 @@ def _settle(c):
         setv(k, check_positive_int(getattr(c, k), k, optional=True))
     setv('lr', check_real(c.lr, 'lr', 0., lo_open=True)); setv('wd', check_weight(c.wd, 'wd'))
     if c.probe_lr is not None: setv('probe_lr', check_real(c.probe_lr, 'probe_lr', 0., lo_open=True))
-    for k in ('augment', 'mixed_precision'):
+    for k in ('augment', 'mixed_precision', 'deterministic', 'channels_last'):
         if not isinstance(getattr(c, k), bool): raise TypeError(f"{k} must be True or False, got {getattr(c, k)!r}")
     with torch.random.fork_rng(devices=[]): make_objective(c.objective, 2, 2, **c.objective_options)
     for k in OBJECTIVE_OPTIONS:   # the objective accepted them: real numbers are stored as floats (1 and 1.0: one key)
@@ -72,6 +72,8 @@ def _settle(c):
         if c.bs // c.balanced > N_CLASSES[c.dataset]:
             raise ValueError(f"bs={c.bs} with balanced={c.balanced} asks for {c.bs // c.balanced} classes per batch but "
                              f"{c.dataset} has {N_CLASSES[c.dataset]}: use balanced >= {fit_balanced(c.bs, c.balanced, N_CLASSES[c.dataset])}")
+
+_KEYLESS_DEFAULTS = {'nproc': 1, 'deterministic': True, 'channels_last': False}
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -102,6 +104,8 @@ class RunConfig:
     probe_epochs:int|None=None # two-stage objectives only: epochs of the linear probe; `epochs` when None
     probe_lr:float|None=None # two-stage objectives only: peak learning rate of the probe; 1e-2 when None
     mixed_precision:bool=False # train in float16 autocast on CUDA (ignored on the CPU)
+    deterministic:bool=True # cuDNN's deterministic kernels, no benchmarking (bit-reproducible); False: cuDNN picks the fastest kernels
+    channels_last:bool=False # convolutions in channels-last memory format (fastai's `ChannelsLast`): faster on GPU tensor cores
     nproc:int=1 # processes training data-parallel on the global batch of `bs` (gloo on the CPU, NCCL with a GPU each)
     lam:InitVar[float|None]=None # deprecated: sets `sil_weight` and `center_weight`
     mu:InitVar[float|None]=None # deprecated: sets `supcon_weight`
@@ -131,7 +135,8 @@ class RunConfig:
     def key(self)->str:
         "The first 12 hex digits of the SHA-1 of the configuration as sorted JSON."
         d = asdict(self)
-        if d['nproc'] == 1: del d['nproc']   # one process: the keys recorded before `nproc` existed
+        for k, v in _KEYLESS_DEFAULTS.items():   # at their defaults, the fields added later leave the keys recorded before them
+            if d[k] == v: del d[k]
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 # %% ../nbs/13_config.ipynb #d8606fa2
@@ -324,6 +329,8 @@ supcon_temperature = 0.1
 sil_weight = 1.0
 supcon_weight = 1.0
 mixed_precision = true
+deterministic = false
+channels_last = true
 
 [per_objective.supcon]
 probe_epochs = 10

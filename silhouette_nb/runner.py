@@ -6,8 +6,9 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/runner.html.md"""
 
 # %% auto #0
 __all__ = ['SAVE_MODEL', 'rank_device', 'check_runtime', 'check_out', 'check_data', 'PeakMemory', 'RunHistory', 'check_history',
-           'load_run', 'describe_device', 'torchrun_group', 'train_and_evaluate', 'result_row', 'append_row',
-           'record_row', 'scan_rows', 'read_rows', 'recorded_keys', 'RunClaims', 'run_configs']
+           'load_run', 'seed_run', 'run_callbacks', 'describe_device', 'torchrun_group', 'train_and_evaluate',
+           'result_row', 'append_row', 'record_row', 'scan_rows', 'read_rows', 'recorded_keys', 'RunClaims',
+           'run_configs']
 
 # %% ../nbs/14_runner.ipynb #68ed988c
 import contextlib, fcntl, functools, json, math, os, random, shutil, sys, time, traceback, warnings
@@ -234,6 +235,26 @@ def _save_run(learn, history, run_dir, save_model, log):
             finally: learn.model.load_state_dict(last)
     except OSError as e: log(f"warning: could not write the history or a model of {run_dir.name} in {run_dir}: {e}")
 
+# %% ../nbs/14_runner.ipynb #6212608f
+def seed_run(cfg:RunConfig, # the run
+            ):
+    "Seed torch, numpy, random and fastai for `cfg.seed`; cuDNN deterministic (or benchmarking) as `cfg.deterministic` says."
+    set_seed(cfg.seed, reproducible=cfg.deterministic)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cfg.deterministic, not cfg.deterministic
+
+def run_callbacks(cfg:RunConfig, # the run
+                  device:str|torch.device, # where it trains
+                 )->list: # fastai callbacks for the learner
+    "`MixedPrecision` on CUDA when `cfg.mixed_precision`, `ChannelsLast` when `cfg.channels_last`."
+    cbs = []
+    if cfg.mixed_precision and torch.device(device).type == 'cuda':
+        from fastai.callback.fp16 import MixedPrecision
+        cbs.append(MixedPrecision())
+    if cfg.channels_last:
+        from fastai.callback.channelslast import ChannelsLast
+        cbs.append(ChannelsLast())
+    return cbs
+
 # %% ../nbs/14_runner.ipynb #03871ac5
 def describe_device(device:str|torch.device)->str:
     "The GPU's name, or 'cpu' with torch's thread count."
@@ -275,13 +296,11 @@ def _train_here(cfg, path, download, device, num_workers, quiet, run_dir, epoch_
     history = RunHistory(run_dir/'history.jsonl' if writes else None, tuple(epoch_metrics), full_metrics_every, best_by,
                          2 if cfg.probe_epochs is not None else 1)
     with PeakMemory(device) as mem:
-        set_seed(cfg.seed, reproducible=True)
+        seed_run(cfg)
         dls = _data(cfg, path, download, device, num_workers, data_cache)
         if isinstance(dls.train, BalancedDL): dls.train.seed, dls.train.gen = cfg.seed, torch.Generator().manual_seed(cfg.seed)
         cbs = [history]
-        if cfg.mixed_precision and torch.device(device).type == 'cuda':
-            from fastai.callback.fp16 import MixedPrecision
-            cbs.append(MixedPrecision())
+        cbs += run_callbacks(cfg, device)
         probe = dict(probe_epochs=cfg.probe_epochs, probe_lr=cfg.probe_lr) if cfg.probe_epochs is not None else {}
         start = time.perf_counter()
         learn = fit_objective(dls, cfg.encoder, cfg.objective, epochs=cfg.epochs, lr=cfg.lr, quiet=quiet, dim=cfg.dim,
@@ -300,7 +319,7 @@ def _train_here(cfg, path, download, device, num_workers, quiet, run_dir, epoch_
     return {**{m: res.get(m) for m in WHOLE_SET_METRICS}, 'valid_loss': res['loss'], 'sec_per_epoch': train_s / n_epochs,
             'train_s': train_s, 'eval_s': eval_s, 'best_epoch': history.best_epoch, 'peak_mem_mib': mem.mib,
             'start_mem_mib': mem.start_mib, 'mem_kind': mem.kind,
-            'device': describe_device(device) + (f' × {world} processes' if world > 1 else ''), 'amp': len(cbs) > 1}
+            'device': describe_device(device) + (f' × {world} processes' if world > 1 else ''), 'amp': any(type(cb).__name__ == 'MixedPrecision' for cb in cbs)}
 
 @contextlib.contextmanager
 def torchrun_group(device:str):

@@ -399,3 +399,19 @@ def test_paper_smoke_dry_run(capsys, tmp_path):
     assert main(['suite', 'paper-smoke', '--dry-run', '--out', str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert '| caltech101 | efficientnet_b0 | 7 | 1 |' in out and 'n_train=1024' in out and '14 runs' in out
+
+
+def test_paper_suites_let_cudnn_choose_and_store_channels_last():
+    "Issue 14: the GPU suites ran with cuDNN deterministic, benchmarking off, and channels-first convolutions."
+    for name in ('paper', 'paper-smoke'):
+        assert all(not c.deterministic and c.channels_last for c in SUITES[name].configs()), name
+    assert all(c.deterministic and not c.channels_last for c in QUICK.configs())
+
+
+def test_a_channels_last_run_trains_on_the_cpu():
+    torch.set_num_threads(1)
+    m = train_and_evaluate(RunConfig('digits', 'cnn', 'ce', epochs=1, n_train=300, channels_last=True, deterministic=False),
+                           device='cpu')
+    assert m['top1'] > 0.3 and torch.backends.cudnn.benchmark
+    train_and_evaluate(RunConfig('digits', 'mlp', 'ce', epochs=1, n_train=300), device='cpu')
+    assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
