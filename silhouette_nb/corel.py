@@ -20,9 +20,9 @@ from .process_group import global_mean
 from .heads import Head, head_call, renamed_kwargs
 
 # %% ../nbs/06_corel.ipynb #f545f982
-def _attractive_repulsive(att, rep, attraction, gather):
-    terms = attraction * att + (1 - attraction) * rep
-    return global_mean(terms) if gather else terms.mean()
+def _ar_terms(att, rep, attraction): return attraction * att + (1 - attraction) * rep     # one term per sample
+def _mean(terms, gather): return global_mean(terms) if gather else terms.mean()
+def _attractive_repulsive(att, rep, attraction, gather): return _mean(_ar_terms(att, rep, attraction), gather)
 
 def attractive_repulsive(att:Tensor, # (N,) attraction of each sample
                          rep:Tensor, # (N,) repulsion of each sample
@@ -47,11 +47,11 @@ def _gaussian_logits(h, W, gamma):
     if isinstance(gamma, Tensor): gamma = gamma.to(h.dtype).reshape(())
     return -gamma * sq_euclidean(h, W)
 
-def _gaussian_loss(h, W, y, gamma, attraction, gather):
+def _gaussian_terms(h, W, y, gamma, attraction):
     S = _gaussian_logits(h, W, gamma)
-    att = -S.gather(1, y[:, None])[:, 0]
-    rep = torch.logsumexp(S, 1)
-    return _attractive_repulsive(att, rep, attraction, gather)
+    return _ar_terms(-S.gather(1, y[:, None])[:, 0], torch.logsumexp(S, 1), attraction)
+
+def _gaussian_loss(h, W, y, gamma, attraction, gather): return _mean(_gaussian_terms(h, W, y, gamma, attraction), gather)
 
 def gaussian_corel_logits(h:Tensor, # (N, d) embeddings
                           W:Tensor, # (K, d) class vectors
@@ -97,6 +97,12 @@ class _COREL(Head):
         if self.learns_gamma: self.rho = nn.Parameter(torch.tensor(_RHO0))   # gamma = softplus(rho) > 0, starts at 0.5
 
     def init_vectors(self, v:Tensor)->Tensor: return nn.init.xavier_normal_(v)
+    def compute_loss(self, z:Tensor, W:Tensor, labels:Tensor)->Tensor: return _mean(self.compute_terms(z, W, labels), self.gather)
+    def sample_losses(self, z:Tensor, # (N, dim) embeddings
+                      labels:Tensor, # (N,) integer labels in 0..K-1
+                     )->Tensor: # (N,) each sample's attraction-repulsion term; the loss is their mean
+        "The loss of each sample (for per-sample reducers such as pytorch-metric-learning's), checked as `forward` is."
+        return head_call(self.compute_terms, z, self.vectors, labels, self.validate_args)
     def extra_repr(self): return super().extra_repr() + f", attraction={self.attraction}" + (", gather=True" if self.gather else "")
 
 class GaussianCOREL(_COREL):
@@ -106,19 +112,20 @@ class GaussianCOREL(_COREL):
     def gamma(self)->Tensor: return F.softplus(self.rho)
 
     def compute_logits(self, z:Tensor, W:Tensor)->Tensor: return _gaussian_logits(z, W, self.gamma)
-    def compute_loss(self, z:Tensor, W:Tensor, labels:Tensor)->Tensor:
-        return _gaussian_loss(z, W, labels, self.gamma, self.attraction, self.gather)
+    def compute_terms(self, z:Tensor, W:Tensor, labels:Tensor)->Tensor: return _gaussian_terms(z, W, labels, self.gamma, self.attraction)
 
 
 # %% ../nbs/06_corel.ipynb #b64344c1
 def _cosine_logits(h, W): return unit_rows(h) @ unit_rows(W).T
 
-def _cosine_loss(h, W, y, attraction, gather):
+def _cosine_terms(h, W, y, attraction):
     S = _cosine_logits(h, W)
     own = torch.arange(len(W), device=y.device) == y[:, None]       # (N, K), True at the own class
     att = -S.gather(1, y[:, None])[:, 0]
     rep = torch.where(own, 0, S).amax(1) ** 2           # max(0, max_{k != y} S): the zeroed own entry is the floor
-    return _attractive_repulsive(att, rep, attraction, gather)
+    return _ar_terms(att, rep, attraction)
+
+def _cosine_loss(h, W, y, attraction, gather): return _mean(_cosine_terms(h, W, y, attraction), gather)
 
 def cosine_corel_logits(h:Tensor, # (N, d) embeddings
                         W:Tensor, # (K, d) class vectors
@@ -144,6 +151,5 @@ def cosine_corel_loss(h:Tensor, # (N, d) embeddings
 class CosineCOREL(_COREL):
     "Cosine-COREL head: learned class vectors `W` (K, dim); logits $\\cos(h, w_k)$, `forward(embeddings, labels)` the loss."
     def compute_logits(self, z:Tensor, W:Tensor)->Tensor: return _cosine_logits(z, W)
-    def compute_loss(self, z:Tensor, W:Tensor, labels:Tensor)->Tensor:
-        return _cosine_loss(z, W, labels, self.attraction, self.gather)
+    def compute_terms(self, z:Tensor, W:Tensor, labels:Tensor)->Tensor: return _cosine_terms(z, W, labels, self.attraction)
 

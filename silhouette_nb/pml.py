@@ -18,7 +18,7 @@ try:
     from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 except ImportError as e:  # the [pml] extra is not installed
     raise ImportError('silhouette_nb.pml needs pytorch-metric-learning: pip install "silhouette-nb[pml]"') from e
-from .validation import check_batch, check_corel_batch, check_temperature, check_choice, no_autocast
+from .validation import check_batch, check_temperature, check_choice, no_autocast
 from .distances import unit_rows, pairwise_distances, encode_labels, one_hot, check_chunk_size
 from .silhouette import soft_silhouette_samples, soft_min, _silhouette_from
 from .supcon import supcon_anchor_losses, gram_logsumexp
@@ -185,16 +185,6 @@ class SupConLoss(pml_losses.BaseMetricLossFunction):
 # %% ../nbs/07a_pml.ipynb #3a83dfac
 _PML_OPTIONS = ('reducer', 'embedding_regularizer', 'embedding_reg_weight', 'collect_stats')
 
-def _gaussian_terms(head, h, y):
-    "lambda gamma ||h_i - w_y||^2 + (1 - lambda) log sum_k exp(-gamma ||h_i - w_k||^2), per sample."
-    S = head.logits(h)
-    return head.attraction * -S.gather(1, y[:, None])[:, 0] + (1 - head.attraction) * torch.logsumexp(S, 1)
-
-def _cosine_terms(head, h, y):
-    "-lambda cos(h_i, w_y) + (1 - lambda) max(0, max_{k != y} cos(h_i, w_k))^2, per sample."
-    S = head.logits(h)
-    return head.attraction * -S.gather(1, y[:, None])[:, 0] + (1 - head.attraction) * torch.where(one_hot(y, S.shape[1], torch.bool), 0, S).amax(1) ** 2
-
 class _COREL(pml_losses.BaseMetricLossFunction):
     "A COREL head as a pytorch-metric-learning loss, shaped like its proxy losses: learned class vectors, one term per sample."
     def __init__(self,
@@ -214,17 +204,15 @@ class _COREL(pml_losses.BaseMetricLossFunction):
         name = type(self).__name__
         if ref_emb is not embeddings: raise ValueError(f"{name} compares each sample with its class vectors: ref_emb is not supported")
         if indices_tuple is not None: raise ValueError(f"{name} has one term per sample: indices_tuple (a miner's pairs) is not supported")
-        with no_autocast(embeddings):
-            h, _, y = check_corel_batch(embeddings, self.head.W, labels)
-            return _element(self._terms(self.head, h, y), torch.arange(len(y), device=y.device))
+        return _element(self.head.sample_losses(embeddings, labels), torch.arange(len(labels), device=labels.device))
 
 class GaussianCOREL(_COREL):
     "Gaussian-COREL as a pytorch-metric-learning loss; `head` is `silhouette_nb.corel.GaussianCOREL`."
-    _head, _terms = corel.GaussianCOREL, staticmethod(_gaussian_terms)
+    _head = corel.GaussianCOREL
 
 class CosineCOREL(_COREL):
     "Cosine-COREL as a pytorch-metric-learning loss; `head` is `silhouette_nb.corel.CosineCOREL`."
-    _head, _terms = corel.CosineCOREL, staticmethod(_cosine_terms)
+    _head = corel.CosineCOREL
 
 # %% ../nbs/07a_pml.ipynb #c71e2c1f
 class _AdmitsOurLosses:
