@@ -29,12 +29,7 @@ TINY_KEYS = [c.key for c in QUICK.configs(seeds=(0, 1), datasets=('digits',), ob
                                           epochs=2, n_train=300, n_valid=150)]
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    "`main` sets torch's thread count of this process (1 on the CPU): give the other test files theirs back."
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('restore_threads')   # tests/conftest.py
 
 
 def n_rows(p): return len(read_rows(p, warn=False)) if p.exists() else 0

@@ -30,16 +30,9 @@ from silhouette_nb.data import get_dls
 from silhouette_nb.encoders import make_encoder
 from silhouette_nb.learner import embedding_learner, evaluate, get_embeddings
 
-pytestmark = pytest.mark.filterwarnings('ignore:load_learner')   # fastai's reminder that pickle runs code: the files are ours
+pytestmark = [pytest.mark.filterwarnings('ignore:load_learner'), pytest.mark.usefixtures('one_thread')]   # fastai's reminder that pickle runs code: the files are ours
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "The models are tiny: one thread is faster, and much faster on a shared machine."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(autouse=True)

@@ -29,13 +29,7 @@ from silhouette_nb.heads import LinearClassifier
 from silhouette_nb.validation import set_default_validate_args
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "The models are tiny: one thread is faster, and much faster on a shared machine."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # tests/conftest.py
 
 
 @pytest.fixture(scope='module')

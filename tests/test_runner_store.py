@@ -23,12 +23,7 @@ RUN = ['run', '--dataset', 'digits', '--encoder', 'mlp', '--objective', 'ce+sil'
 TIMING = ('wall_s', 'train_s', 'eval_s', 'sec_per_epoch', 'peak_mem_mib', 'start_mem_mib', 'finished')
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    "`main` sets torch's thread count of this process (1 on the CPU): give the other test files theirs back."
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('restore_threads')   # tests/conftest.py
 
 
 def untimed(row): return {k: v for k, v in row.items() if k not in TIMING}
