@@ -50,7 +50,7 @@ def _settle(c):
     for k, valid in (('dataset', DATASETS), ('encoder', ENCODERS), ('objective', OBJECTIVES)): check_choice(getattr(c, k), k, valid)
     for k in ('seed', 'data_seed'): setv(k, _nonnegative_int(getattr(c, k), k))
     for k in ('epochs', 'bs', 'nproc'): setv(k, check_positive_int(getattr(c, k), k))
-    for k in ('n_train', 'n_valid', 'dim', 'views', 'balanced', 'size', 'probe_epochs'):
+    for k in ('n_train', 'n_valid', 'holdout', 'dim', 'views', 'balanced', 'size', 'probe_epochs'):
         setv(k, check_positive_int(getattr(c, k), k, optional=True))
     setv('lr', check_real(c.lr, 'lr', 0., lo_open=True)); setv('wd', check_weight(c.wd, 'wd'))
     if c.probe_lr is not None: setv('probe_lr', check_real(c.probe_lr, 'probe_lr', 0., lo_open=True))
@@ -73,7 +73,7 @@ def _settle(c):
             raise ValueError(f"bs={c.bs} with balanced={c.balanced} asks for {c.bs // c.balanced} classes per batch but "
                              f"{c.dataset} has {N_CLASSES[c.dataset]}: use balanced >= {fit_balanced(c.bs, c.balanced, N_CLASSES[c.dataset])}")
 
-_KEYLESS_DEFAULTS = {'nproc': 1, 'deterministic': True, 'channels_last': False}
+_KEYLESS_DEFAULTS = {'nproc': 1, 'deterministic': True, 'channels_last': False, 'holdout': None}
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -88,6 +88,7 @@ class RunConfig:
     wd:float=0.01 # weight decay (fastai's decoupled weight decay)
     n_train:int|None=None # stratified subset of the training set; all of it when None
     n_valid:int|None=None # stratified subset of the validation set; all of it when None
+    holdout:int|None=None # carve this many training samples as the validation set of every epoch; the official one is then the test set, read once at the end
     data_seed:int=0 # seed of the split and the subsets: the same data for every `seed`
     dim:int|None=None # output size of a projection head for the features; None: no head, features = embedding
     views:int|None=None # views of each training sample; None: 2 when the objective needs positive pairs, else 1

@@ -7,9 +7,9 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/data.html.md"""
 # %% auto #0
 __all__ = ['FASHION_MNIST_DIR', 'FASHION_MNIST_CLASSES', 'CIFAR_STATS', 'IMAGENET_STATS', 'TENSOR_DATASETS', 'IMAGE_DATASETS',
            'read_idx', 'write_idx', 'stratified_split', 'TensorClassDataset', 'RandomShift', 'MultiView', 'DeviceDL',
-           'NormalizeOnDevice', 'balanced_batch_idxs', 'dataset_labels', 'BalancedDL', 'ShardedDL', 'shard_dl',
-           'load_digits_arrays', 'load_mnist1d', 'data_dir', 'load_fashion_mnist', 'tensor_dsets', 'image_stats',
-           'ToRGB', 'image_tfms', 'LabelledSubset', 'image_dsets', 'get_dls']
+           'NormalizeOnDevice', 'AugmentOnDevice', 'balanced_batch_idxs', 'dataset_labels', 'BalancedDL', 'ShardedDL',
+           'shard_dl', 'load_digits_arrays', 'load_mnist1d', 'data_dir', 'load_fashion_mnist', 'tensor_dsets',
+           'image_stats', 'ToRGB', 'image_tfms', 'LabelledSubset', 'image_dsets', 'get_dls']
 
 # %% ../nbs/08_data.ipynb #fe2f3993
 from .validation import require_extra
@@ -30,6 +30,7 @@ with warnings.catch_warnings():  # fastai 2.8 calls the deprecated `torch.jit.sc
     from fastai.torch_core import default_device, to_device
 import torch.distributed as dist
 from .process_group import world_size, shard_rows
+from .validation import check_positive_int
 
 # %% ../nbs/08_data.ipynb #a091eb58
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'),
@@ -93,24 +94,38 @@ class TensorClassDataset(torch.utils.data.Dataset):
     def c(self): return len(self.vocab)
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return self.x[i], self.targets[i]
+    def items_at(self, idxs:Tensor): return self.x[idxs], self.targets[idxs]   # a whole batch by one indexing
     def new_empty(self): return TensorClassDataset(self.x[:0], self.targets[:0], self.vocab)  # for `Learner.export`
 
 # %% ../nbs/08_data.ipynb #cf03493e
 class RandomShift:
-    "Random translation by up to `max_shift` along every spatial dim of a (C, *spatial) tensor, flip, and noise."
+    "Random translation by up to `max_shift` along every spatial dim, flip, and noise: each sample its own draw."
     def __init__(self, max_shift:int=2, # largest shift in pixels (samples for 1-D)
                  noise:float=0.1, # standard deviation of the added Gaussian noise
                  flip:bool=False, # also flip the last dim with probability 1/2
                 ): self.max_shift, self.noise, self.flip = max_shift, noise, flip
-    def __call__(self, x:Tensor)->Tensor:
-        s = self.max_shift
+    def __call__(self, x:Tensor, # one sample (C, *spatial)
+                )->Tensor:
+        return self.batch(x[None], x.ndim - 1)[0]
+    def batch(self, x:Tensor, # samples (..., C, *spatial): every index of the leading dims is one sample
+              spatial:int, # how many trailing dims are spatial: 2 for images, 1 for signals
+             )->Tensor: # augmented, same shape, device and dtype
+        "Augment every sample of `x` independently, vectorised, where `x` is."
+        shape, s = x.shape, self.max_shift
+        x = x.reshape(-1, *shape[-(spatial + 1):])   # (N, C, *spatial)
+        n, dev = len(x), x.device
         if s > 0:
-            offs = torch.randint(-s, s + 1, (x.ndim - 1,)).tolist()
-            for d, o in enumerate(offs, 1):  # out[i] = x[clamp(i + o)]: a shift that repeats the edge
-                if o: x = x.index_select(d, (torch.arange(x.shape[d]) + o).clamp(0, x.shape[d] - 1))
-        if self.flip and torch.rand(()) < 0.5: x = x.flip(-1)
-        return x + self.noise * torch.randn_like(x) if self.noise else x
+            offs = torch.randint(-s, s + 1, (n, spatial), device=dev)
+            for d in range(2, x.ndim):   # out[i] = x[clamp(i + o)]: a shift that repeats the edge
+                size = x.shape[d]
+                idx = (torch.arange(size, device=dev) + offs[:, d - 2, None]).clamp(0, size - 1)   # (N, size)
+                view = [n] + [1] * (x.ndim - 1); view[d] = size
+                x = x.gather(d, idx.view(view).expand_as(x))
+        if self.flip: x = torch.where(torch.rand((n,) + (1,) * (x.ndim - 1), device=dev) < 0.5, x.flip(-1), x)
+        if self.noise: x = x + self.noise * torch.randn_like(x)
+        return x.reshape(shape)
     def __repr__(self): return f"RandomShift(max_shift={self.max_shift}, noise={self.noise}, flip={self.flip})"
+
 
 # %% ../nbs/08_data.ipynb #71917547
 class MultiView(torch.utils.data.Dataset):
@@ -127,6 +142,12 @@ class MultiView(torch.utils.data.Dataset):
         f = self.tfm or (lambda o: o)
         if self.views == 1: return f(x), y
         return torch.stack([f(x) for _ in range(self.views)]), y
+    @property
+    def batchable(self): return self.tfm is None and hasattr(self.ds, 'items_at')   # no per-item transform: `items_at` serves
+    def items_at(self, idxs:Tensor):
+        "The batch `(x, y)` of the items at `idxs`, indexed at once: (len(idxs), views, ...) copies when `views` > 1."
+        x, y = self.ds.items_at(idxs)
+        return (x if self.views == 1 else x[:, None].expand(-1, self.views, *x.shape[1:]).contiguous()), y
     def new_empty(self): return MultiView(self.ds.new_empty(), self.tfm, self.views)  # for `Learner.export`
     def __getattr__(self, k):  # targets, vocab, c, classes... come from the wrapped dataset
         if k.startswith('__') or k in ('ds', 'tfm', 'views'): raise AttributeError(k)
@@ -145,6 +166,10 @@ class DeviceDL(TfmdDL):
             yield self.after_batch(b)
         self.after_iter()
         if hasattr(self, 'it'): del self.it
+    def create_batches(self, samps):   # fastai's builds each batch item by item: a batchable dataset is indexed once per batch
+        if not getattr(self.dataset, 'batchable', False) or self.after_item.fs or self.before_batch.fs:
+            yield from super().create_batches(samps); return
+        for idxs in self.chunkify(samps): yield self.dataset.items_at(torch.tensor(idxs))
 
 class NormalizeOnDevice(Transform):
     "Batches of uint8 images to float32 `(x/255 - mean) / std` per channel, where they are: `ToTensor` + `Normalize` after the copy."
@@ -161,6 +186,18 @@ class NormalizeOnDevice(Transform):
         m, s = self.mean.view(-1, 1, 1), self.std.view(-1, 1, 1)   # broadcast over (..., C, H, W)
         return x.float().div_(255).sub_(m).div_(s)
     def __repr__(self): return f"NormalizeOnDevice(mean={self.mean.tolist()}, std={self.std.tolist()})"
+
+# %% ../nbs/08_data.ipynb #95932f2e
+class AugmentOnDevice(Transform):
+    "A batch transform (`after_batch`) applying `tfm.batch` to the float inputs of every batch where they are; labels pass."
+    order = 1   # after `NormalizeOnDevice`
+    def __init__(self, tfm:RandomShift, # the augmentation: an object with `batch(x, spatial)`
+                 spatial:int, # spatial dims of a sample: 2 for images, 1 for signals
+                ):
+        super().__init__()
+        self.tfm, self.spatial = tfm, spatial
+    def encodes(self, x:Tensor): return self.tfm.batch(x, self.spatial) if x.is_floating_point() else x
+    def __repr__(self): return f"AugmentOnDevice({self.tfm!r}, spatial={self.spatial})"
 
 # %% ../nbs/08_data.ipynb #dcdae1c8
 def balanced_batch_idxs(labels:Tensor, # (N,) integer labels of the dataset
@@ -328,17 +365,22 @@ def tensor_dsets(name:str, # 'digits', 'mnist1d' or 'fashion_mnist'
                  seed:int=0, # seed of the split and the subsets
                  path=None, # folder of the files (Fashion-MNIST)
                  download:bool=False, # Fashion-MNIST: fetch it through torchvision if missing
-                )->tuple: # (train, valid) `TensorClassDataset`s, normalised with the training mean and std
-    "Train and valid datasets of one of the in-memory datasets, normalised, optionally subset."
+                 holdout:int|None=None, # carve this many training samples (stratified) as the validation set; the official one becomes the test set
+                )->tuple: # (train, valid) `TensorClassDataset`s, normalised with the training mean and std; (train, valid, test) with `holdout`
+    "Train and valid (and test) datasets of one of the in-memory datasets, normalised, optionally subset."
     load, _ = _TENSOR_DATA[name]
     xt, yt, xv, yv, vocab = load(path, download) if name == 'fashion_mnist' else load(path)
     if xv is None:
         iv, it = stratified_split(yt, valid_pct, seed)
         xt, yt, xv, yv = xt[it], yt[it], xt[iv], yt[iv]
-    if n_train is not None: i = stratified_split(yt, n_train, seed)[0]; xt, yt = xt[i], yt[i]
     if n_valid is not None: i = stratified_split(yv, n_valid, seed)[0]; xv, yv = xv[i], yv[i]
+    if holdout is not None:   # the official validation set becomes the test set
+        ih, it = stratified_split(yt, holdout, seed)
+        (xh, yh), (xt, yt) = (xt[ih], yt[ih]), (xt[it], yt[it])
+    if n_train is not None: i = stratified_split(yt, n_train, seed)[0]; xt, yt = xt[i], yt[i]
     mean, std = xt.mean(), xt.std()
-    return (TensorClassDataset((xt - mean) / std, yt, vocab), TensorClassDataset((xv - mean) / std, yv, vocab))
+    ds = lambda x, y: TensorClassDataset((x - mean) / std, y, vocab)
+    return (ds(xt, yt), ds(xv, yv)) if holdout is None else (ds(xt, yt), ds(xh, yh), ds(xv, yv))
 
 # %% ../nbs/08_data.ipynb #95842064
 import torchvision.transforms as T
@@ -438,26 +480,32 @@ def get_dls(name:str, # a name in `TENSOR_DATASETS` or `IMAGE_DATASETS`
             augment:bool=True, # augment training samples (always on when views > 1)
             size:int|None=None, # image side for the image datasets; 32 for CIFAR, 224 otherwise
             valid_pct:float=0.2, # validation fraction where there is no official split
+            holdout:int|None=None, # carve this many training samples (stratified) as the validation set; the official validation set becomes a third, test loader
             num_workers:int|None=None, # loader processes; 0 for tensor datasets, fastai's default otherwise
             device=None, # where batches go (from pinned memory, without blocking, on CUDA); fastai's default device when None
            )->DataLoaders:
     "fastai `DataLoaders` for one of the datasets, with optional multi-view and class-balanced training batches."
+    holdout, te, batch_aug = check_positive_int(holdout, 'holdout', optional=True), None, None
     if name in TENSOR_DATASETS:
-        tr, va = tensor_dsets(name, n_train, n_valid, valid_pct, seed, path, download)
-        tfm, vtfm, nw, stats = _TENSOR_DATA[name][1], None, 0 if num_workers is None else num_workers, None
+        tr, va, *te = tensor_dsets(name, n_train, n_valid, valid_pct, seed, path, download, holdout)
+        tfm, vtfm, nw, stats = None, None, 0 if num_workers is None else num_workers, None
+        if augment or views > 1: batch_aug = AugmentOnDevice(_TENSOR_DATA[name][1], tr.x.ndim - 2)
     elif name in IMAGE_DATASETS:
         tr, va = image_dsets(name, path, download, valid_pct, seed)
-        if n_train is not None: tr = LabelledSubset(tr, stratified_split(tr.targets, n_train, seed)[0], tr.targets, tr.vocab)
         if n_valid is not None: va = LabelledSubset(va, stratified_split(va.targets, n_valid, seed)[0], va.targets, va.vocab)
+        if holdout is not None:
+            ih, it = stratified_split(tr.targets, holdout, seed)
+            tr, va, te = LabelledSubset(tr, it, tr.targets, tr.vocab), LabelledSubset(tr, ih, tr.targets, tr.vocab), [va]
+        if n_train is not None: tr = LabelledSubset(tr, stratified_split(tr.targets, n_train, seed)[0], tr.targets, tr.vocab)
         cifar = name.startswith('cifar')
         tfm, vtfm, nw, stats = image_tfms(cifar, True, size), image_tfms(cifar, False, size), num_workers, image_stats(cifar)
+        if not augment and views == 1: tfm = vtfm
     else:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(TENSOR_DATASETS + IMAGE_DATASETS)}")
-    if not augment and views == 1: tfm = vtfm
-    tr, va = MultiView(tr, tfm, views), MultiView(va, vtfm, 1)
+    tr, va, te = MultiView(tr, tfm, views), MultiView(va, vtfm, 1), [MultiView(t, vtfm, 1) for t in te or ()]
     device = default_device() if device is None else device
-    kw = lambda: dict(num_workers=nw, device=device, pin_memory=torch.device(device).type == 'cuda',
-                      after_batch=NormalizeOnDevice(*stats) if stats else None)
-    if balanced is not None: dl = BalancedDL(tr, bs=bs, m=balanced, seed=seed, **kw())
-    else: dl = DeviceDL(tr, bs=bs, shuffle=True, drop_last=len(tr) >= bs, **kw())
-    return DataLoaders(dl, DeviceDL(va, bs=bs, shuffle=False, **kw()), device=device)
+    kw = lambda *aug: dict(num_workers=nw, device=device, pin_memory=torch.device(device).type == 'cuda',
+                           after_batch=[t for t in (NormalizeOnDevice(*stats) if stats else None, *aug) if t is not None] or None)
+    if balanced is not None: dl = BalancedDL(tr, bs=bs, m=balanced, seed=seed, **kw(batch_aug))
+    else: dl = DeviceDL(tr, bs=bs, shuffle=True, drop_last=len(tr) >= bs, **kw(batch_aug))
+    return DataLoaders(dl, *(DeviceDL(d, bs=bs, shuffle=False, **kw()) for d in (va, *te)), device=device)

@@ -95,8 +95,10 @@ def check_data(configs:list, # `RunConfig`s
             try: sizes[k] = _data_sizes(c.dataset, path, download, c.data_seed)
             except FileNotFoundError as e: missing[c.dataset] = str(e); continue
         n_tr, n_va, n_cls = sizes[k]
-        for what, n, have, split in (('n_train', c.n_train, n_tr, 'training'), ('n_valid', c.n_valid, n_va, 'validation')):
-            if n is not None and n > have: raise ValueError(f"{what}={n} but {c.dataset} has {have} {split} samples")
+        for what, n, have, split in (('holdout', c.holdout, n_tr - 1, 'training'), ('n_train', c.n_train, n_tr - (c.holdout or 0), 'training'),
+                                     ('n_valid', c.n_valid, n_va, 'validation')):
+            if n is not None and n > have:
+                raise ValueError(f"{what}={n} but {c.dataset} has {have} {split} samples" + (f" besides holdout={c.holdout}" if c.holdout and what == 'n_train' else ''))
         if c.balanced is not None and c.bs // c.balanced > n_cls:
             raise ValueError(f"bs={c.bs} with balanced={c.balanced} asks for {c.bs // c.balanced} classes per batch but the "
                              f"training set of {c.dataset} holds {n_cls}")
@@ -264,7 +266,7 @@ def describe_device(device:str|torch.device)->str:
 
 def _data(cfg, path, download, device, num_workers, cache):
     "The `DataLoaders` of `cfg`: built, or taken from `cache` and rewound to the state a fresh build leaves."
-    key = (cfg.dataset, cfg.bs, cfg.n_train, cfg.n_valid, cfg.views, cfg.balanced, cfg.data_seed, cfg.augment, cfg.size,
+    key = (cfg.dataset, cfg.bs, cfg.n_train, cfg.n_valid, cfg.holdout, cfg.views, cfg.balanced, cfg.data_seed, cfg.augment, cfg.size,
            str(path), download, num_workers, str(device))
     if cache is not None and key in cache:
         cache.move_to_end(key)
@@ -273,7 +275,7 @@ def _data(cfg, path, download, device, num_workers, cache):
             dl.rng = random.Random(random.randint(0, 2**32 - 1))
             for a in ('_n_inp', '_types'): dl.__dict__.pop(a, None)
         return dls
-    dls = get_dls(cfg.dataset, bs=cfg.bs, n_train=cfg.n_train, n_valid=cfg.n_valid, views=cfg.views, balanced=cfg.balanced,
+    dls = get_dls(cfg.dataset, bs=cfg.bs, n_train=cfg.n_train, n_valid=cfg.n_valid, holdout=cfg.holdout, views=cfg.views, balanced=cfg.balanced,
                   seed=cfg.data_seed, path=path, download=download, augment=cfg.augment, size=cfg.size,
                   num_workers=num_workers, device=device)
     if cache is not None:
@@ -312,11 +314,14 @@ def _train_here(cfg, path, download, device, num_workers, quiet, run_dir, epoch_
         start = time.perf_counter()
         learn.metrics = whole_set_metrics(WHOLE_SET_METRICS, seed=cfg.seed)
         res = evaluate(learn)
+        test = evaluate(learn, dls[2]) if len(dls.loaders) > 2 else None   # `holdout`: the official validation set is the test set
         eval_s = time.perf_counter() - start
     if history.records: history.records[-1].update({m: res.get(m) for m in WHOLE_SET_METRICS})
     if writes: _save_run(learn, history, run_dir, save_model, log)
     n_epochs = cfg.epochs + (cfg.probe_epochs or 0)
-    return {**{m: res.get(m) for m in WHOLE_SET_METRICS}, 'valid_loss': res['loss'], 'sec_per_epoch': train_s / n_epochs,
+    final = res if test is None else test
+    held = {} if test is None else {'test_loss': test['loss'], **{f'valid_{m}': res.get(m) for m in ('top1', 'silhouette')}}
+    return {**{m: final.get(m) for m in WHOLE_SET_METRICS}, 'valid_loss': res['loss'], **held, 'sec_per_epoch': train_s / n_epochs,
             'train_s': train_s, 'eval_s': eval_s, 'best_epoch': history.best_epoch, 'peak_mem_mib': mem.mib,
             'start_mem_mib': mem.start_mib, 'mem_kind': mem.kind,
             'device': describe_device(device) + (f' × {world} processes' if world > 1 else ''), 'amp': any(type(cb).__name__ == 'MixedPrecision' for cb in cbs)}
