@@ -42,8 +42,9 @@ def _one_per_seed(runs, objective, place):
         if r['seed'] in out:
             a, b = run_settings(out[r['seed']]), run_settings(r)
             differ = sorted(k for k in a if a[k] != b[k])
-            raise ValueError(f"two runs of {objective!r} with seed {r['seed']}{place} ({out[r['seed']]['key']}, {r['key']}), "
-                             f"differing in {', '.join(differ)}: choose one with a filter, e.g. {differ[0]}={a[differ[0]]!r}")
+            how = (f"differing in {', '.join(differ)}: choose one with a filter, e.g. {differ[0]}={a[differ[0]]!r}" if differ else
+                   "with the same settings: keep one of them")
+            raise ValueError(f"two runs of {objective!r} with seed {r['seed']}{place} ({out[r['seed']]['key']}, {r['key']}), {how}")
         out[r['seed']] = r
     return out
 
