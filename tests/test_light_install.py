@@ -16,7 +16,7 @@ BLOCKED = ('fastai', 'fastcore', 'fastprogress', 'sklearn', 'matplotlib', 'pytor
            'mnist1d', 'scipy', 'pandas')
 CORE = ('validation', 'process_group', 'distances', 'silhouette', 'supcon', 'heads', 'corel', 'objectives')
 EXTRAS = {'pml': 'pml', 'learner': 'fastai', 'data': 'fastai', 'encoders': 'fastai', 'metrics': 'fastai',
-          'runner': 'experiments', 'report': 'experiments', 'cli': 'experiments', 'interpretation': 'fastai'}
+          'runner': 'experiments', 'report': 'experiments', 'claims': 'experiments', 'cli': 'experiments', 'interpretation': 'fastai'}
 
 PRELUDE = f"""
 import sys
