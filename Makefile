@@ -3,6 +3,7 @@
 #   make bench      the speed / memory benchmarks (print ratios, assert nothing)
 #   make gpu-check  every GPU path in <= 8 min on one GPU: table + benchmarks/out/gpu_check.json (one line without CUDA)
 #   make reproduce  the quick experiment suite (CPU, <= 20 min) and its report in results/quick/
+#   make study      the full-size study (CPU, 2 cores, <= 2.5 h, resumable) in results/standard/
 #   make readme     regenerate README.md from nbs/index.ipynb (offline, no Quarto)
 SHELL  := /bin/bash
 PYTHON ?= python3
@@ -16,7 +17,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 
-.PHONY: docs browser data venv test check-clean check-nbdev nbtest pytest bench gpu-check readme export clean-venv reproduce
+.PHONY: docs browser data venv test check-clean check-nbdev nbtest pytest bench gpu-check readme export clean-venv reproduce study
 
 venv: $(STAMP)
 
@@ -79,6 +80,19 @@ reproduce: venv
 	  if [ $$rc -ne 130 ]; then $(BIN)/silhouette-nb report results/quick/results.jsonl || rc=1; \
 	  echo "reproduce: results in $(CURDIR)/results/quick/: report.md (tables), curves.png (learning curves), top1.png silhouette.png knn.png nmi.png ari.png (plots), results.jsonl (one row per run), runs/ (a folder per run: config, history, models)"; fi; \
 	  exit $$rc
+
+# The full-size study: its four suites (`silhouette_nb.config.STUDY`) on STUDY_WORKERS processes of one thread each,
+# sharing one results file (each run is claimed by one process; re-running skips what is recorded), then its report.
+STUDY_SUITES  ?= standard standard-corel sensitivity standard-supcon
+STUDY_WORKERS ?= 2
+STUDY_OUT     ?= results/standard
+study: venv data
+	@mkdir -p $(STUDY_OUT)
+	@for w in $$(seq $(STUDY_WORKERS)); do \
+	  ( for s in $(STUDY_SUITES); do $(BIN)/silhouette-nb suite $$s --out $(STUDY_OUT) --threads 1 --save-model last --no-bar || exit $$?; done ) \
+	    >> $(STUDY_OUT)/worker$$w.log 2>&1 & \
+	done; wait; $(BIN)/silhouette-nb report $(STUDY_OUT)/results.jsonl; \
+	echo "study: results in $(CURDIR)/$(STUDY_OUT)/ (results.jsonl, runs/, report.md; each worker's log in worker*.log)"
 
 # Offline real data: Fashion-MNIST from Debian (installed when run as root; the suite runs without it otherwise).
 data:

@@ -7,7 +7,8 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/config.html.md"""
 # %% auto #0
 __all__ = ['DATASETS', 'N_CLASSES', 'TRAIN_SIZES', 'ENCODERS', 'OBJECTIVES', 'SIL_DISTANCES', 'OBJECTIVE_OPTIONS', 'RENAMED',
            'QUICK_TOML', 'QUICK', 'COREL_TOML', 'COREL', 'PAPER_TOML', 'PAPER', 'PAPER_SMOKE_TOML', 'PAPER_SMOKE',
-           'SUITES', 'RunConfig', 'upgrade_settings', 'expand', 'fit_balanced', 'Suite', 'load_suite', 'describe_runs']
+           'STANDARD_TOML', 'STANDARD', 'STANDARD_COREL', 'SENSITIVITY', 'STANDARD_SUPCON', 'STUDY', 'SUITES',
+           'RunConfig', 'upgrade_settings', 'expand', 'fit_balanced', 'Suite', 'load_suite', 'describe_runs']
 
 # %% ../nbs/13_config.ipynb #d513995b
 import hashlib, importlib.util, itertools, json, numbers, warnings
@@ -27,7 +28,7 @@ DATASETS = ('digits', 'mnist1d', 'fashion_mnist', 'cifar10', 'cifar100', 'stanfo
 N_CLASSES = dict(zip(DATASETS, (10, 10, 10, 10, 100, 196, 101, 257, 100, 102)))  # classes of each dataset
 TRAIN_SIZES = {'cifar10': 50_000, 'cifar100': 50_000, 'stanford_cars': 8_144, 'caltech101': 6_942, 'caltech256': 24_486,
                'fgvc_aircraft': 6_667, 'flowers102': 2_040}  # training images of the image datasets' full training splits
-ENCODERS = ('cnn', 'mlp', 'efficientnet_b0', 'resnet18')  # `encoders.ENCODERS`
+ENCODERS = ('cnn', 'convnet', 'mlp', 'efficientnet_b0', 'resnet18')  # `encoders.ENCODERS`
 OBJECTIVES = ('ce', 'ce+sil', 'supcon', 'ce+supcon', 'ce+sil+supcon', 'proxynca', 'ce+center', 'corel-gaussian',
               'corel-cosine')  # `objectives.OBJECTIVES`
 SIL_DISTANCES = ('euclidean', 'sqeuclidean', 'cosine')  # `distances.DISTANCES`
@@ -355,7 +356,72 @@ n_valid = 512
 probe_epochs = 1
 """
 PAPER_SMOKE = Suite.from_toml(PAPER_SMOKE_TOML, base=PAPER)
-SUITES = {s.name: s for s in (QUICK, COREL, PAPER, PAPER_SMOKE)}
+
+# %% ../nbs/13_config.ipynb #31d35b6c
+_STUDY = """
+[datasets.fashion_mnist]
+encoder = "convnet"
+epochs = 20
+bs = 256
+holdout = 5000
+channels_last = true
+
+[datasets.mnist1d]
+encoder = "cnn"
+epochs = 40
+bs = 128
+holdout = 500
+
+[datasets.digits]
+encoder = "cnn"
+epochs = 30
+bs = 64
+holdout = 200
+"""
+STANDARD_TOML = """
+name = "standard"
+doc = "the full-size study on a CPU: Fashion-MNIST, MNIST-1D, digits × CE, CE+Sil, CE+SupCon, CE+Sil+SupCon × 3 seeds, with held-out test sets (36 runs)"
+objectives = ["ce", "ce+sil", "ce+supcon", "ce+sil+supcon"]
+seeds = [0, 1, 2]
+
+[common]
+lr = 3e-3
+""" + _STUDY
+STANDARD = Suite.from_toml(STANDARD_TOML)
+STANDARD_COREL = Suite.from_toml("""
+name = "standard-corel"
+doc = "COREL's setting at full size: its feed-forward net on Fashion-MNIST, CCE vs Gaussian- and Cosine-COREL × 3 seeds (9 runs)"
+objectives = ["ce", "corel-gaussian", "corel-cosine"]
+
+[datasets.fashion_mnist]
+encoder = "mlp"
+epochs = 20
+bs = 128
+holdout = 5000
+corel_attraction = 0.5
+channels_last = false
+""", base=STANDARD)
+SENSITIVITY = Suite.from_toml("""
+name = "sensitivity"
+doc = "the silhouette's weight × temperature on MNIST-1D: CE+Sil, 4 × 4 settings × 3 seeds (48 runs)"
+datasets = ["mnist1d"]
+objectives = ["ce+sil"]
+
+[common]
+sil_weight = [0.1, 0.3, 1.0, 3.0]
+sil_temperature = [0.003, 0.01, 0.03, 0.1]
+""", base=STANDARD)
+STANDARD_SUPCON = Suite.from_toml("""
+name = "standard-supcon"
+doc = "Khosla et al.'s two-stage SupCon (pretraining, then a linear probe) on MNIST-1D and digits × 3 seeds (6 runs)"
+datasets = ["mnist1d", "digits"]
+objectives = ["supcon"]
+
+[per_objective.supcon]
+probe_epochs = 10
+""", base=STANDARD)
+STUDY = (STANDARD, STANDARD_COREL, SENSITIVITY, STANDARD_SUPCON)   # `make study` runs them in this order
+SUITES = {s.name: s for s in (QUICK, COREL, PAPER, PAPER_SMOKE) + STUDY}
 
 # %% ../nbs/13_config.ipynb #07d664a9
 def load_suite(name:str|Path, # a name in `SUITES`, or the path of a TOML suite file

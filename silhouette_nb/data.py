@@ -355,7 +355,7 @@ def load_fashion_mnist(path:str|Path|None=None, # folder with the four idx files
 _TENSOR_DATA = {  # name: (loader, train augmentation)
     'digits': (load_digits_arrays, RandomShift(1, noise=0.1)),
     'mnist1d': (load_mnist1d, RandomShift(3, noise=0.1)),
-    'fashion_mnist': (load_fashion_mnist, RandomShift(2, noise=0.1, flip=True)),
+    'fashion_mnist': (load_fashion_mnist, RandomShift(1, noise=0, flip=True)),
 }
 
 def tensor_dsets(name:str, # 'digits', 'mnist1d' or 'fashion_mnist'

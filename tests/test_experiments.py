@@ -148,7 +148,7 @@ def test_torn_line_is_skipped_and_next_row_starts_clean(tmp_path):
 @pytest.mark.parametrize('args, msg', [
     (['run', '--dataset', 'mnist'], "unknown dataset 'mnist'; choose one of digits, mnist1d, fashion_mnist, cifar10"),
     (['run', '--objective', 'ce+triplet'], "unknown objective 'ce+triplet'; choose one of ce, ce+sil, supcon, ce+supcon"),
-    (['run', '--encoder', 'vit'], "unknown encoder 'vit'; choose one of cnn, mlp, efficientnet_b0, resnet18"),
+    (['run', '--encoder', 'vit'], "unknown encoder 'vit'; choose one of cnn, convnet, mlp, efficientnet_b0, resnet18"),
     (['run', '--epochs', 'zero'], "epochs must be an integer, got 'zero'"),
     (['run', '--epochs', '0'], "epochs must be a positive int, got 0"),
     (['run', '--objective', 'supcon', '--views', '1'], "needs positive pairs"),
@@ -156,7 +156,7 @@ def test_torn_line_is_skipped_and_next_row_starts_clean(tmp_path):
     (['suite', 'huge'], "unknown suite 'huge'; choose one of quick, corel, paper"),
     (['suite', 'quick', '--datasets', 'cifar10'], "unknown dataset for suite 'quick' 'cifar10'; choose one of digits, mnist1d, fashion_mnist"),
     (['suite', 'quick', '--objectives', 'triplet'], "choose one of ce, ce+sil"),
-    (['suite', 'quick', '--encoders', 'vit'], "choose one of cnn, mlp"),
+    (['suite', 'quick', '--encoders', 'vit'], "choose one of cnn, convnet, mlp"),
     (['suite', 'quick', '--set', 'epochz=1'], "cannot set epochz"),
     (['suite', 'quick', '--set', 'lr=-1'], "lr must be a finite number in (0"),
 ])

@@ -1,11 +1,12 @@
 """Training throughput of the CPU path, in images per second, variants measured side by side in one run.
 
-    python tools/cpu_bench.py                      # Fashion-MNIST CNN, CE, batch 256, 2 threads
+    python tools/cpu_bench.py                      # Fashion-MNIST, the `convnet` encoder, CE, batch 256, 2 threads
     python tools/cpu_bench.py --threads 1 --rounds 3
-    python tools/cpu_bench.py --base 361529c       # also the package as it was at that commit (a temporary worktree)
+    python tools/cpu_bench.py --encoder cnn --base 361529c   # also the package at that commit (a temporary worktree;
+                                                             # the encoder must exist there: `convnet` came later)
 
-Each variant trains the `standard` suite's Fashion-MNIST network (the `cnn` encoder + linear head, cross-entropy,
-one-cycle Adam, fastai's loop) for `--batches` batches of augmented training data, after one warm-up batch, in a
+Each variant trains an encoder (by default the `standard` suite's Fashion-MNIST `convnet`) + linear head with cross-entropy,
+one-cycle Adam and fastai's loop, for `--batches` batches of augmented training data, after one warm-up batch, in a
 fresh child process; the rounds alternate the variants so that a noisy machine slows them alike. It prints images/s
 per variant (median over rounds) and each variant's ratio to the first. Variants:
 
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r'''
 import json, sys, time, warnings
 import torch
-variant, threads, batches, bs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+variant, threads, batches, bs, enc = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(threads)
 warnings.simplefilter('ignore')
 from fastai.callback.core import Callback, CancelFitException
@@ -48,11 +49,11 @@ if variant in ('channels-last', 'compiled'):
 kw = {}
 if variant == 'compiled':
     from silhouette_nb.learner import embedding_learner
-    learn = embedding_learner(dls, 'cnn', 'ce', cbs=cbs)
+    learn = embedding_learner(dls, enc, 'ce', cbs=cbs)
     learn.model = torch.compile(learn.model)
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, 3e-3)
 else:
-    learn = fit_objective(dls, 'cnn', 'ce', epochs=1, lr=3e-3, quiet=True, cbs=cbs)
+    learn = fit_objective(dls, enc, 'ce', epochs=1, lr=3e-3, quiet=True, cbs=cbs)
 print(json.dumps({'variant': variant, 'img_s': bs * (batches - 1) / learn.seconds}))
 '''
 
@@ -60,7 +61,7 @@ print(json.dumps({'variant': variant, 'img_s': bs * (batches - 1) / learn.second
 def run(variant, args, pythonpath):
     env = {**os.environ, 'PYTHONPATH': str(pythonpath), 'OMP_NUM_THREADS': str(args.threads)}
     out = subprocess.run([sys.executable, '-c', CHILD, 'batched' if variant == 'base' else variant, str(args.threads),
-                          str(args.batches), str(args.bs)], capture_output=True, text=True, env=env, cwd=pythonpath)
+                          str(args.batches), str(args.bs), args.encoder], capture_output=True, text=True, env=env, cwd=pythonpath)
     if out.returncode: sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])['img_s']
 
@@ -70,6 +71,7 @@ def main():
     p.add_argument('--threads', type=int, default=2, help='torch threads of each child (default 2)')
     p.add_argument('--batches', type=int, default=40, help='timed batches per measurement (default 40)')
     p.add_argument('--bs', type=int, default=256, help='batch size (default 256)')
+    p.add_argument('--encoder', default='convnet', help='a name in silhouette_nb.encoders.ENCODERS (default convnet)')
     p.add_argument('--rounds', type=int, default=2, help='rounds over the variants (default 2)')
     p.add_argument('--base', help='a git revision to measure too, as the `base` variant')
     p.add_argument('--only', nargs='+', help='some of: items batched channels-last compiled')
@@ -90,7 +92,7 @@ def main():
     finally:
         if tmp: subprocess.run(['git', '-C', str(ROOT), 'worktree', 'remove', '--force', f'{tmp}/base'])
     first = statistics.median(res[variants[0]])
-    print(f"\nFashion-MNIST cnn, CE, batch {args.bs}, {args.threads} thread(s), median of {args.rounds} rounds:")
+    print(f"\nFashion-MNIST {args.encoder}, CE, batch {args.bs}, {args.threads} thread(s), median of {args.rounds} rounds:")
     for v in variants:
         m = statistics.median(res[v])
         print(f"  {v:14s} {m:7.0f} images/s  {m / first:5.2f}x {variants[0]}")
