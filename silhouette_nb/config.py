@@ -8,11 +8,12 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/config.html.md"""
 __all__ = ['DATASETS', 'N_CLASSES', 'TRAIN_SIZES', 'ENCODERS', 'OBJECTIVES', 'SIL_DISTANCES', 'OBJECTIVE_OPTIONS', 'RENAMED',
            'QUICK_TOML', 'QUICK', 'COREL_TOML', 'COREL', 'PAPER_TOML', 'PAPER', 'PAPER_SMOKE_TOML', 'PAPER_SMOKE',
            'STANDARD_TOML', 'STANDARD', 'STANDARD_COREL', 'SENSITIVITY', 'STANDARD_SUPCON', 'STUDY', 'SUITES',
-           'RunConfig', 'upgrade_settings', 'expand', 'fit_balanced', 'Suite', 'load_suite', 'describe_runs']
+           'RunConfig', 'upgrade_settings', 'expand', 'fit_balanced', 'Suite', 'load_suite', 'describe_runs',
+           'run_settings', 'select_rows']
 
 # %% ../nbs/13_config.ipynb #d513995b
 import hashlib, importlib.util, itertools, json, numbers, warnings
-from dataclasses import dataclass, asdict, field, fields, InitVar
+from dataclasses import dataclass, asdict, field, fields, InitVar, MISSING
 from pathlib import Path
 try: import tomllib
 except ModuleNotFoundError: import tomli as tomllib   # Python 3.10
@@ -447,3 +448,21 @@ def describe_runs(configs:list, # `RunConfig`s
         lines.append(f"{i:4d}  {c.key}  {c.dataset} {c.encoder} {c.objective} seed={c.seed}  {settings}"
                      + ('  (recorded)' if c.key in recorded else ''))
     return '\n'.join(lines)
+
+# %% ../nbs/13_config.ipynb #3511b284
+_DEFAULTS = {f.name: None if f.default is MISSING else f.default for f in fields(RunConfig)}  # every RunConfig field: its default
+_ABSENT = object()   # the value of a column a row lacks: equal to nothing
+
+def run_settings(row:dict, # a results row
+                )->dict: # every field of `RunConfig`, under this version's names
+    "The settings of a row's run: its `config`, renamed options under their new names, absent fields at their defaults."
+    return {**_DEFAULTS, **upgrade_settings(row.get('config') or {})}
+
+def select_rows(rows:list, # rows of a results file
+                **where, # column of the rows or field of `RunConfig` = the value it must have
+               )->list: # matching rows, one per key (the last row of a key), in the order of the keys' first rows
+    "The rows that match every filter in `where`; a key written twice counts once."
+    unknown = [k for k in where if k not in _DEFAULTS and not any(k in r for r in rows)]
+    if unknown: raise ValueError(f"unknown filter {', '.join(unknown)}: not a column of the rows nor a field of RunConfig")
+    def value(r, k): return r[k] if k in r and k != 'config' else run_settings(r).get(k, _ABSENT)
+    return [r for r in {r['key']: r for r in rows}.values() if all(value(r, k) == v for k, v in where.items())]

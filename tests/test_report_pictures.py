@@ -1,5 +1,6 @@
-"""The study pictures of `silhouette_nb.report` on hand-made rows and embeddings (no training): the cases the notebook's
-demonstration does not reach — one seed, unpaired seeds, several panels, a sweep with a missing cell, subsets."""
+"""The study pictures of `silhouette_nb.report` on hand-made rows and embeddings: the cases the notebook's demonstration
+does not reach — one seed, unpaired seeds, several panels, a sweep with a missing cell, subsets — and one run of one
+epoch with a held-out validation set, whose interpretation reads its test set."""
 import json, math
 from dataclasses import asdict
 import numpy as np
@@ -8,8 +9,10 @@ import torch
 from PIL import Image
 from silhouette_nb.config import RunConfig
 from silhouette_nb.interpretation import EmbeddingInterpretation
+from silhouette_nb.data import get_dls
 from silhouette_nb.report import (select_rows, cost_gain, plot_cost_gain, sensitivity_grid, plot_sensitivity,
-                                  plot_projections, plot_class_silhouettes)
+                                  plot_projections, plot_class_silhouettes, run_interpretation)
+from silhouette_nb.runner import train_and_evaluate
 
 
 def row(objective='ce', seed=0, top1=0.5, sec=1.0, dataset='digits', encoder='mlp', **settings):
@@ -83,3 +86,15 @@ def test_projections_share_the_subset_and_limits():
     assert len(fig.legends) == 1 and [t.get_text() for t in fig.legends[0].get_texts()] == ['c0', 'c1', 'c2']
     with pytest.raises(ValueError, match='no interpretations'): plot_class_silhouettes({})
     with pytest.raises(ValueError, match='method'): plot_projections({'a': interp(e, y)}, method='umap')
+
+
+def test_run_interpretation_of_a_holdout_run_reads_its_test_set(tmp_path, one_thread):
+    "A run that held out a validation set reports the test set (the official split): so does its interpretation."
+    cfg = RunConfig('digits', 'mlp', 'ce', epochs=1, n_train=30, holdout=100)
+    run_dir = tmp_path/'runs'/cfg.key
+    res = train_and_evaluate(cfg, device='cpu', run_dir=run_dir)
+    it = run_interpretation(run_dir)
+    assert len(it.labels) == len(get_dls('digits', holdout=100, device='cpu')[2].dataset) == 359   # the official 20 %, not the 100 held out
+    assert float((it.preds == it.labels).double().mean()) == pytest.approx(res['top1'], abs=1e-6)
+    # the same samples without `holdout` are normalised with another training subset's statistics: 3.6e-4 off here
+    assert float(it.silhouettes.mean()) == pytest.approx(res['silhouette'], abs=1e-5)
