@@ -95,7 +95,7 @@ class TensorClassDataset(torch.utils.data.Dataset):
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return self.x[i], self.targets[i]
     def items_at(self, idxs:Tensor): return self.x[idxs], self.targets[idxs]   # a whole batch by one indexing
-    def new_empty(self): return TensorClassDataset(self.x[:0], self.targets[:0], self.vocab)  # for `Learner.export`
+    def new_empty(self): return TensorClassDataset(self.x[:0].clone(), self.targets[:0].clone(), self.vocab)  # for `Learner.export`: no view of the data's storage
 
 # %% ../nbs/08_data.ipynb #cf03493e
 class RandomShift:

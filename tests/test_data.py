@@ -532,3 +532,13 @@ def test_shard_loads_only_its_rows():
     ds.reads = []; list(g.new())
     assert sorted(sum(reads, [])) == sorted(ds.reads)                         # together: what one process reads
     with pytest.raises(ValueError, match='split evenly over 5 processes'): D.shard_dl(g, rank=0, world=5)
+
+
+def test_exported_tensor_dataset_holds_no_data():
+    "`Learner.export` keeps `new_empty()` of the datasets: it must not pickle the data's storage through a view."
+    import io
+    ds = TensorClassDataset(torch.zeros(5000, 1, 28, 28), torch.zeros(5000, dtype=torch.long), list('abcdefghij'))
+    buf = io.BytesIO(); torch.save(ds.new_empty(), buf)
+    assert buf.tell() < 20_000, buf.tell()   # the data would be 15.7 MB
+    buf = io.BytesIO(); torch.save(MultiView(ds, None, 2).new_empty(), buf)
+    assert buf.tell() < 20_000, buf.tell()
