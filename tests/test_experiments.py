@@ -22,11 +22,12 @@ SCRIPT = Path(sys.executable).parent/'silhouette-nb'
 CLI = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, '-c', 'import sys; from silhouette_nb.cli import main; sys.exit(main())']
 ENV = {**os.environ, 'MPLBACKEND': 'Agg', 'PYTHONUNBUFFERED': '1'}
 
-# a tiny slice of the quick suite: digits, 3 objectives x 2 seeds, 300 training samples, 2 epochs
+# a tiny slice of the quick suite: digits, 3 objectives x 2 seeds, 300 training samples, 8 epochs (long enough, at about
+# 0.5 s a run, for a signal sent after the first row to land before the last)
 TINY = ['--datasets', 'digits', '--objectives', 'ce', 'ce+sil', 'corel-cosine', '--seeds', '0', '1',
-        '--set', 'epochs=2', '--set', 'n_train=300', '--set', 'n_valid=150']
+        '--set', 'epochs=8', '--set', 'n_train=300', '--set', 'n_valid=150']
 TINY_KEYS = [c.key for c in QUICK.configs(seeds=(0, 1), datasets=('digits',), objectives=('ce', 'ce+sil', 'corel-cosine'),
-                                          epochs=2, n_train=300, n_valid=150)]
+                                          epochs=8, n_train=300, n_valid=150)]
 
 
 pytestmark = pytest.mark.usefixtures('restore_threads')   # tests/conftest.py
@@ -188,7 +189,8 @@ def test_suite_list(capsys, tmp_path):
     assert main(['suite', 'quick', '--list', '--out', str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert '81 runs.' in out and '0 of them already in' in out
-    assert {n: len(s.configs()) for n, s in SUITES.items()} == {'quick': 81, 'corel': 18, 'paper': 147, 'paper-smoke': 14}
+    assert {n: len(s.configs()) for n, s in SUITES.items()} == {'quick': 81, 'corel': 18, 'paper': 147, 'paper-smoke': 14,
+                                                               'standard': 36, 'standard-corel': 9, 'sensitivity': 48, 'standard-supcon': 6}
 
 
 # ---------------------------------------------------------------- determinism on the CPU
