@@ -82,7 +82,8 @@ reproduce: venv
 	  exit $$rc
 
 # The full-size study: its four suites (`silhouette_nb.config.STUDY`) on STUDY_WORKERS processes of one thread each,
-# sharing one results file (each run is claimed by one process; re-running skips what is recorded), then its report.
+# sharing one results file (each run is claimed by one process; re-running skips what is recorded), then its report,
+# and the files of nbs/20_results.ipynb (tools/study_results.py).
 STUDY_SUITES  ?= standard standard-corel sensitivity standard-supcon
 STUDY_WORKERS ?= 2
 STUDY_OUT     ?= results/standard
@@ -92,7 +93,8 @@ study: venv data
 	  ( for s in $(STUDY_SUITES); do $(BIN)/silhouette-nb suite $$s --out $(STUDY_OUT) --threads 1 --save-model last --no-bar || exit $$?; done ) \
 	    >> $(STUDY_OUT)/worker$$w.log 2>&1 & \
 	done; wait; $(BIN)/silhouette-nb report $(STUDY_OUT)/results.jsonl; \
-	echo "study: results in $(CURDIR)/$(STUDY_OUT)/ (results.jsonl, runs/, report.md; each worker's log in worker*.log)"
+	echo "study: results in $(CURDIR)/$(STUDY_OUT)/ (results.jsonl, runs/, report.md; each worker's log in worker*.log)"; \
+	$(PY) tools/study_results.py --src $(STUDY_OUT)   # -> nbs/results/standard.jsonl and the run files 20_results reads
 
 # Offline real data: Fashion-MNIST from Debian (installed when run as root; the suite runs without it otherwise).
 data:
