@@ -17,6 +17,7 @@ from fastai.callback.core import Callback
 from silhouette_nb.data import TensorClassDataset
 from silhouette_nb.learner import embedding_learner, rank_device
 from silhouette_nb.config import RunConfig
+from fasttransform import Pipeline
 from silhouette_nb.cli import main
 from silhouette_nb.runner import read_rows
 
@@ -30,7 +31,7 @@ def fit_weights(objectives=OBJECTIVES):
     for o in objectives:
         set_seed(0, reproducible=True)
         dls = get_dls('digits', bs=64, n_train=256, n_valid=64, augment=False, views=2 if 'supcon' in o else 1, device='cpu')
-        dls.train_ds.tfm = None   # two identical views: each process draws the random augmentations of its own rows
+        dls.train.after_batch = Pipeline([])   # two identical views: each process would draw the random augmentations of its own rows
         learn = embedding_learner(dls, 'mlp', o, seed=0, metrics=(), distributed=True)
         with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
         out[o] = {k: v.detach().clone() for k, v in learn.model.state_dict().items()}

@@ -96,7 +96,7 @@ def test_rows_schema(interrupted_suite):
         for m in ('silhouette', 'nmi', 'ari'): assert -1 <= r[m] <= 1
         assert r['sec_per_epoch'] > 0 and r['peak_mem_mib'] > 0 and r['wall_s'] > 0
         assert r['device'] == 'cpu (1 thread)' and r['version'] and r['torch'] == torch.__version__
-        assert r['config']['epochs'] == 2 and r['config']['n_train'] == 300
+        assert r['config']['epochs'] == 8 and r['config']['n_train'] == 300
 
 
 def test_report(interrupted_suite, tmp_path, capsys):
