@@ -14,7 +14,7 @@ __all__ = ['REPORT_METRICS', 'CURVE_METRICS', 'summarize', 'metric_table', 'plot
 import json, math, warnings
 from dataclasses import asdict, fields
 from pathlib import Path
-from .config import RunConfig, PAPER, TRAIN_SIZES, Suite, select_rows   # first: it names the extra that is missing, if one is
+from .config import RunConfig, PAPER, TRAIN_SIZES, Suite, select_rows, run_settings   # first: it names the extra that is missing, if one is
 import numpy as np
 import torch
 from fastcore.meta import delegates
@@ -24,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from .validation import check_choice
 from .data import get_dls
 from .runner import scan_rows, load_run, _clean
+from .claims import mean_ci
 from .interpretation import EmbeddingInterpretation
 
 # %% ../nbs/15_report.ipynb #cc7b7a4a
@@ -259,8 +260,9 @@ def plot_class_silhouettes(interps:dict, # name -> `EmbeddingInterpretation`
 # %% ../nbs/15_report.ipynb #3f993f90
 def _one_setting(rows:list, what:str, vary:tuple=()):
     "Check that `rows` differ in nothing but the seed and the settings `vary`; a ValueError names the settings that differ."
-    diff = sorted(k for k in rows[0]['config'] if k not in {'seed', *vary} and len({json.dumps(r['config'][k]) for r in rows}) > 1)
-    if diff: raise ValueError(f"the rows of {what} differ in {', '.join(diff)}: select one setting, e.g. {diff[0]}={rows[0]['config'][diff[0]]!r}")
+    settings = [run_settings(r) for r in rows]
+    diff = sorted(k for k in settings[0] if k not in {'seed', *vary} and len({json.dumps(s[k]) for s in settings}) > 1)
+    if diff: raise ValueError(f"the rows of {what} differ in {', '.join(diff)}: select one setting, e.g. {diff[0]}={settings[0][diff[0]]!r}")
 
 def cost_gain(rows:list, # rows of a results file
               baseline:str='ce', # the objective the others are compared with
@@ -268,7 +270,6 @@ def cost_gain(rows:list, # rows of a results file
               **where, # only the rows that match (see `select_rows`)
              )->dict: # (dataset, encoder) -> objective -> {'cost', 'gain', 'half_width', 'n'}; `gain` in the metric's units
     "Per dataset × encoder and objective: the time per epoch over the baseline's, and the mean gain in `metric` over the baseline, paired by seed, with the half-width of its 95% t interval."
-    from scipy.stats import t as student_t
     check_choice(metric, 'metric', tuple(REPORT_METRICS))
     rows = select_rows(rows, **where)
     if not rows: raise ValueError("no rows to compare" + (f" where {where}" if where else ''))
@@ -286,7 +287,8 @@ def cost_gain(rows:list, # rows of a results file
             if o == baseline or not paired: continue
             diff = np.array([seeds[s][0][metric] - base[s][metric] for s in paired])
             n = len(diff)
-            hw = float(student_t.ppf(0.975, n - 1) * diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+            hw = math.nan
+            if n > 1: _, lo, hi = mean_ci(diff); hw = (hi - lo) / 2   # the claims' Student t interval
             cost = np.mean([seeds[s][0]['sec_per_epoch'] for s in paired]) / np.mean([base[s]['sec_per_epoch'] for s in paired])
             res[o] = {'cost': float(cost), 'gain': float(diff.mean()), 'half_width': hw, 'n': n}
         out[(d, e)] = res
@@ -333,10 +335,11 @@ def sensitivity_grid(rows:list, # rows of a results file
     rows = [r for r in select_rows(rows, **where) if r.get(metric) is not None]
     if not rows: raise ValueError(f"no rows with {metric}" + (f" where {where}" if where else ''))
     _one_setting(rows, f"the sweep of {x} × {y}", (x, y))
-    xs, ys = sorted({r['config'][x] for r in rows}), sorted({r['config'][y] for r in rows})
+    at = [(run_settings(r)[x], run_settings(r)[y]) for r in rows]
+    xs, ys = sorted({a for a, _ in at}), sorted({b for _, b in at})
     if len(xs) == 1 and len(ys) == 1: raise ValueError(f"the rows hold no sweep of {x} × {y}: every row has {x}={xs[0]!r} and {y}={ys[0]!r}")
     cells = {}
-    for r in rows: cells.setdefault((ys.index(r['config'][y]), xs.index(r['config'][x])), []).append(r[metric])
+    for r, (a, b) in zip(rows, at): cells.setdefault((ys.index(b), xs.index(a)), []).append(r[metric])
     mean, std, n = np.full((len(ys), len(xs)), math.nan), np.full((len(ys), len(xs)), math.nan), np.zeros((len(ys), len(xs)), int)
     for ij, v in cells.items(): mean[ij], std[ij], n[ij] = np.mean(v), np.std(v, ddof=1) if len(v) > 1 else math.nan, len(v)
     return xs, ys, mean, std, n
