@@ -226,6 +226,22 @@ def test_image_views_balanced_subset(tmp_path, monkeypatch):
     assert dls.valid.one_batch()[0].shape == (4, 3, 32, 32)           # validation: one plain view
 
 
+def test_image_holdout(tmp_path, monkeypatch):
+    "holdout on an image dataset: the validation set is carved from the training images, the official test set is dls[2]."
+    write_cifar100(tmp_path, monkeypatch, n_train=40, n_test=8)
+    full = get_dls('cifar100', path=tmp_path, bs=4, num_workers=0, device='cpu')
+    dls = get_dls('cifar100', path=tmp_path, bs=4, holdout=10, n_train=20, num_workers=0, device='cpu')
+    assert (len(dls.train_ds), len(dls.valid_ds), len(dls[2].dataset)) == (20, 10, 8)
+    assert torch.equal(dls[2].dataset.targets, full.valid_ds.targets)          # the official test set, untouched
+    def base_idxs(ds):   # indices into the torchvision dataset, through nested subsets
+        i = ds.idxs
+        while isinstance(ds.ds, D.LabelledSubset): ds = ds.ds; i = ds.idxs[i]
+        return set(i.tolist())
+    tr, va = base_idxs(dls.train_ds.ds), base_idxs(dls.valid_ds.ds)
+    assert len(tr) == 20 and len(va) == 10 and not tr & va                    # carved, disjoint from training
+    assert dls[2].one_batch()[0].shape == (4, 3, 32, 32) and dls.valid.one_batch()[0].shape == (4, 3, 32, 32)
+
+
 def test_image_tfms_policy_and_sizes():
     from torchvision import transforms as T
     im = Image.fromarray(RNG.integers(0, 255, (50, 70, 3), dtype=np.uint8))
