@@ -95,8 +95,9 @@ def check_data(configs:list, # `RunConfig`s
             try: sizes[k] = _data_sizes(c.dataset, path, download, c.data_seed)
             except FileNotFoundError as e: missing[c.dataset] = str(e); continue
         n_tr, n_va, n_cls = sizes[k]
-        for what, n, have, split in (('holdout', c.holdout, n_tr - 1, 'training'), ('n_train', c.n_train, n_tr - (c.holdout or 0), 'training'),
-                                     ('n_valid', c.n_valid, n_va, 'validation')):
+        if c.holdout is not None and c.holdout >= n_tr:
+            raise ValueError(f"holdout={c.holdout} but {c.dataset} has {n_tr} training samples: the holdout must leave some to train on")
+        for what, n, have, split in (('n_train', c.n_train, n_tr - (c.holdout or 0), 'training'), ('n_valid', c.n_valid, n_va, 'validation')):
             if n is not None and n > have:
                 raise ValueError(f"{what}={n} but {c.dataset} has {have} {split} samples" + (f" besides holdout={c.holdout}" if c.holdout and what == 'n_train' else ''))
         if c.balanced is not None and c.bs // c.balanced > n_cls:
