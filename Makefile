@@ -4,6 +4,7 @@
 #   make gpu-check  every GPU path in <= 8 min on one GPU: table + benchmarks/out/gpu_check.json (one line without CUDA)
 #   make reproduce  the quick experiment suite (CPU, <= 20 min) and its report in results/quick/
 #   make study      the full-size study (CPU, 2 cores, <= 2.5 h, resumable) in results/standard/
+#   make evidence   the evidence suites: data-scarce regime, the term's variants, unseen classes (CPU, 2 workers, resumable) in results/evidence/
 #   make readme     regenerate README.md from nbs/index.ipynb (offline, no Quarto)
 SHELL  := /bin/bash
 PYTHON ?= python3
@@ -17,7 +18,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 
-.PHONY: docs browser data venv test check-clean check-nbdev nbtest pytest bench gpu-check readme export clean-venv reproduce study
+.PHONY: evidence docs browser data venv test check-clean check-nbdev nbtest pytest bench gpu-check readme export clean-venv reproduce study
 
 venv: $(STAMP)
 
@@ -107,3 +108,18 @@ browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "browser: ok ($$(chromium --version))"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
 	else echo "browser: chromium/chromedriver missing and not root: sudo apt-get install -y chromium chromium-driver (the docs browser test skips; it fails under CI=true)"; fi
+
+# The evidence suites (`silhouette_nb.config.EVIDENCE`): like `study`, on EVIDENCE_WORKERS one-thread processes sharing one
+# results file. Resumable, also from another machine: a missing results file starts from the committed rows
+# (nbs/results/evidence.jsonl), so only the runs not yet committed are run. Ends with the files 20_results reads.
+EVIDENCE_SUITES  ?= scarce ablation ablation-variants unseen unseen-mnist1d
+EVIDENCE_WORKERS ?= 2
+EVIDENCE_OUT     ?= results/evidence
+evidence: venv data
+	@mkdir -p $(EVIDENCE_OUT)
+	@if [ ! -s $(EVIDENCE_OUT)/results.jsonl ] && [ -s nbs/results/evidence.jsonl ]; then cp nbs/results/evidence.jsonl $(EVIDENCE_OUT)/results.jsonl; fi
+	@for w in $$(seq $(EVIDENCE_WORKERS)); do \
+	  ( for s in $(EVIDENCE_SUITES); do $(BIN)/silhouette-nb suite $$s --out $(EVIDENCE_OUT) --threads 1 --save-model none --no-bar || exit $$?; done ) \
+	    >> $(EVIDENCE_OUT)/worker$$w.log 2>&1 & \
+	done; wait; \
+	$(PY) tools/study_results.py --src $(EVIDENCE_OUT) --name evidence --no-models   # -> nbs/results/evidence.jsonl and the histories 20_results reads

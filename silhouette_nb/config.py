@@ -7,9 +7,10 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/config.html.md"""
 # %% auto #0
 __all__ = ['DATASETS', 'N_CLASSES', 'TRAIN_SIZES', 'ENCODERS', 'OBJECTIVES', 'SIL_DISTANCES', 'OBJECTIVE_OPTIONS', 'RENAMED',
            'QUICK_TOML', 'QUICK', 'COREL_TOML', 'COREL', 'PAPER_TOML', 'PAPER', 'PAPER_SMOKE_TOML', 'PAPER_SMOKE',
-           'STANDARD_TOML', 'STANDARD', 'STANDARD_COREL', 'SENSITIVITY', 'STANDARD_SUPCON', 'STUDY', 'SUITES',
-           'RunConfig', 'upgrade_settings', 'expand', 'fit_balanced', 'Suite', 'load_suite', 'describe_runs',
-           'run_settings', 'select_rows']
+           'STANDARD_TOML', 'STANDARD', 'STANDARD_COREL', 'SENSITIVITY', 'STANDARD_SUPCON', 'STUDY', 'SCARCE',
+           'ABLATION', 'ABLATION_VARIANTS', 'UNSEEN', 'UNSEEN_MNIST1D', 'EVIDENCE', 'SUITES', 'RunConfig',
+           'upgrade_settings', 'expand', 'fit_balanced', 'Suite', 'load_suite', 'describe_runs', 'run_settings',
+           'select_rows']
 
 # %% ../nbs/13_config.ipynb #d513995b
 import hashlib, importlib.util, itertools, json, numbers, warnings
@@ -34,7 +35,7 @@ OBJECTIVES = ('ce', 'ce+sil', 'supcon', 'ce+supcon', 'ce+sil+supcon', 'proxynca'
               'corel-cosine')  # `objectives.OBJECTIVES`
 SIL_DISTANCES = ('euclidean', 'sqeuclidean', 'cosine')  # `distances.DISTANCES`
 OBJECTIVE_OPTIONS = ('sil_weight', 'supcon_weight', 'center_weight', 'sil_temperature', 'supcon_temperature',
-                     'sil_distance', 'corel_attraction')  # the options of `objectives.Objective` a run sets
+                     'sil_distance', 'sil_normalize', 'sil_minimum', 'sil_delta', 'sil_warmup', 'corel_attraction')  # the options of `objectives.Objective` a run sets
 
 # %% ../nbs/13_config.ipynb #c11350db
 def _nonnegative_int(value, name):
@@ -52,7 +53,7 @@ def _settle(c):
     for k, valid in (('dataset', DATASETS), ('encoder', ENCODERS), ('objective', OBJECTIVES)): check_choice(getattr(c, k), k, valid)
     for k in ('seed', 'data_seed'): setv(k, _nonnegative_int(getattr(c, k), k))
     for k in ('epochs', 'bs', 'nproc'): setv(k, check_positive_int(getattr(c, k), k))
-    for k in ('n_train', 'n_valid', 'holdout', 'dim', 'views', 'balanced', 'size', 'probe_epochs'):
+    for k in ('n_train', 'n_valid', 'holdout', 'seen_classes', 'dim', 'views', 'balanced', 'epoch_batches', 'size', 'probe_epochs'):
         setv(k, check_positive_int(getattr(c, k), k, optional=True))
     setv('lr', check_real(c.lr, 'lr', 0., lo_open=True)); setv('wd', check_weight(c.wd, 'wd'))
     if c.probe_lr is not None: setv('probe_lr', check_real(c.probe_lr, 'probe_lr', 0., lo_open=True))
@@ -60,7 +61,7 @@ def _settle(c):
         if not isinstance(getattr(c, k), bool): raise TypeError(f"{k} must be True or False, got {getattr(c, k)!r}")
     with torch.random.fork_rng(devices=[]): make_objective(c.objective, 2, 2, **c.objective_options)
     for k in OBJECTIVE_OPTIONS:   # the objective accepted them: real numbers are stored as floats (1 and 1.0: one key)
-        if isinstance(getattr(c, k), numbers.Real): setv(k, float(getattr(c, k)))
+        if isinstance(getattr(c, k), numbers.Real) and not isinstance(getattr(c, k), bool): setv(k, float(getattr(c, k)))
     needs = spec_requirements(c.objective)
     if c.views is None: setv('views', 2 if needs['positives'] else 1)
     if needs['two_stage']:
@@ -69,13 +70,21 @@ def _settle(c):
     else: setv('probe_epochs', None); setv('probe_lr', None)
     if needs['positives'] and c.views < 2 and (c.balanced or 1) < 2:
         raise ValueError(f"objective {c.objective!r} needs positive pairs: views >= 2 or balanced = m >= 2")
+    if c.seen_classes is not None:
+        if c.holdout is None: raise ValueError("seen_classes needs holdout: the validation set is carved from the seen classes' training samples")
+        if not 1 < c.seen_classes < N_CLASSES[c.dataset] - 1:
+            raise ValueError(f"seen_classes must leave at least 2 classes on each side: 2..{N_CLASSES[c.dataset] - 2} for {c.dataset}, got {c.seen_classes}")
+    n_cls = N_CLASSES[c.dataset] if c.seen_classes is None else c.seen_classes   # the classes the training set holds
+    if c.epoch_batches is not None and c.balanced is None:
+        raise ValueError("epoch_batches needs balanced=m: the class-balanced sampler draws a fixed number of batches")
     if c.balanced is not None:
         if c.bs % c.balanced: raise ValueError(f"bs={c.bs} must be a multiple of balanced={c.balanced}")
-        if c.bs // c.balanced > N_CLASSES[c.dataset]:
+        if c.bs // c.balanced > n_cls:
             raise ValueError(f"bs={c.bs} with balanced={c.balanced} asks for {c.bs // c.balanced} classes per batch but "
-                             f"{c.dataset} has {N_CLASSES[c.dataset]}: use balanced >= {fit_balanced(c.bs, c.balanced, N_CLASSES[c.dataset])}")
+                             f"{c.dataset} has {n_cls}" + (" seen classes" if c.seen_classes else "") + f": use balanced >= {fit_balanced(c.bs, c.balanced, n_cls)}")
 
-_KEYLESS_DEFAULTS = {'nproc': 1, 'deterministic': True, 'channels_last': False, 'holdout': None}
+_KEYLESS_DEFAULTS = {'nproc': 1, 'deterministic': True, 'channels_last': False, 'holdout': None, 'seen_classes': None, 'epoch_batches': None,
+                     'sil_normalize': True, 'sil_minimum': 'soft', 'sil_delta': 0.0, 'sil_warmup': 0.0}
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -91,10 +100,12 @@ class RunConfig:
     n_train:int|None=None # stratified subset of the training set; all of it when None
     n_valid:int|None=None # stratified subset of the validation set; all of it when None
     holdout:int|None=None # carve this many training samples as the validation set of every epoch; the official one is then the test set, read once at the end
+    seen_classes:int|None=None # with holdout: train on classes 0..k-1, test on the official test images of the others (unseen-class retrieval; no top-1)
     data_seed:int=0 # seed of the split and the subsets: the same data for every `seed`
     dim:int|None=None # output size of a projection head for the features; None: no head, features = embedding
     views:int|None=None # views of each training sample; None: 2 when the objective needs positive pairs, else 1
     balanced:int|None=None # m: training batches of bs/m classes × m samples; plain shuffling when None
+    epoch_batches:int|None=None # with balanced: training batches per epoch, whatever the training set's size; one pass when None
     augment:bool=True # augment the training samples
     size:int|None=None # image side for the image datasets (32 for CIFAR, 224 otherwise when None)
     sil_weight:float=1.0 # weight of the silhouette term
@@ -103,6 +114,10 @@ class RunConfig:
     sil_temperature:float=0.01 # temperature of the Soft Silhouette Loss
     supcon_temperature:float=0.1 # temperature of SupCon
     sil_distance:str='euclidean' # distance of the silhouette, a name in `SIL_DISTANCES`
+    sil_normalize:bool=True # the silhouette of the L2-normalised features (False: raw)
+    sil_minimum:str='soft' # the silhouette's minimum over the other classes: 'soft' (at sil_temperature) or 'hard'
+    sil_delta:float=0.0 # floor under the silhouette's max(a, b) (Pinitas et al. 2024: 1e-4)
+    sil_warmup:float=0.0 # fraction of training over which the silhouette's weight ramps up from 0
     corel_attraction:float=0.5 # COREL's attraction weight, in [0, 1]
     probe_epochs:int|None=None # two-stage objectives only: epochs of the linear probe; `epochs` when None
     probe_lr:float|None=None # two-stage objectives only: peak learning rate of the probe; 1e-2 when None
@@ -178,7 +193,7 @@ def fit_balanced(bs:int, # batch size
     return next(d for d in range(m + 1, bs + 1) if bs % d == 0 and bs // d <= n_classes)
 
 # %% ../nbs/13_config.ipynb #50cb52a4
-_SUITE_KEYS = ('name', 'doc', 'datasets', 'objectives', 'seeds', 'encoders', 'common', 'per_encoder', 'per_objective')
+_SUITE_KEYS = ('name', 'doc', 'datasets', 'objectives', 'seeds', 'encoders', 'common', 'per_encoder', 'per_objective', 'variants')
 _GRID = ('dataset', 'objective', 'encoder', 'seed')
 
 @dataclass
@@ -193,6 +208,7 @@ class Suite:
     common:dict=field(default_factory=dict) # settings of every run
     per_encoder:dict=field(default_factory=dict) # encoder -> settings for its runs
     per_objective:dict=field(default_factory=dict) # objective -> settings for its runs
+    variants:dict=field(default_factory=dict) # variant name -> settings: every run once per variant (an ablation's arms); none when empty
 
     @classmethod
     def from_toml(cls, text:str, # the suite in TOML: the fields above as keys and tables
@@ -216,7 +232,7 @@ class Suite:
         return cls(name=d.get('name', name), doc=d.get('doc', ''), datasets=tables(ds), objectives=tuple(d['objectives']),
                    seeds=tuple(d.get('seeds', (0, 1, 2))), encoders=tuple(d.get('encoders', ())),
                    common=upgrade_settings(d.get('common', {})), per_encoder=tables(d.get('per_encoder', {})),
-                   per_objective=tables(d.get('per_objective', {})))
+                   per_objective=tables(d.get('per_objective', {})), variants=tables(d.get('variants', {})))
 
     def configs(self, seeds=None, datasets=None, objectives=None, encoders=None, **overrides)->list:
         "The `RunConfig`s of the suite, optionally narrowed, with fields overridden (a list sweeps)."
@@ -234,11 +250,13 @@ class Suite:
                 base = {**self.common, **self.datasets[ds]}
                 for enc in (encoders or self.encoders or (base.get('encoder', RunConfig.encoder),)):
                     for o in (objectives or self.objectives):
-                        merged = {**base, **self.per_encoder.get(enc, {}), **self.per_objective.get(o, {}), **overrides, 'encoder': enc}
-                        for kw in expand(merged):
-                            if kw.get('balanced') is not None:
-                                kw['balanced'] = fit_balanced(kw.get('bs', RunConfig.bs), kw['balanced'], N_CLASSES[ds])
-                            out.append(RunConfig(dataset=ds, objective=o, seed=s, **kw))
+                        for var in (self.variants.values() or ({},)):
+                            merged = {**base, **self.per_encoder.get(enc, {}), **self.per_objective.get(o, {}), **var, **overrides, 'encoder': enc}
+                            for kw in expand(merged):
+                                if kw.get('balanced') is not None:
+                                    k = N_CLASSES[ds] if kw.get('seen_classes') is None else kw['seen_classes']
+                                    kw['balanced'] = fit_balanced(kw.get('bs', RunConfig.bs), kw['balanced'], k)
+                                out.append(RunConfig(dataset=ds, objective=o, seed=s, **kw))
         return out
 
     def table(self, **kwargs)->str:
@@ -422,7 +440,104 @@ objectives = ["supcon"]
 probe_epochs = 10
 """, base=STANDARD)
 STUDY = (STANDARD, STANDARD_COREL, SENSITIVITY, STANDARD_SUPCON)   # `make study` runs them in this order
-SUITES = {s.name: s for s in (QUICK, COREL, PAPER, PAPER_SMOKE) + STUDY}
+
+# %% ../nbs/13_config.ipynb #44e00083
+SCARCE = Suite.from_toml("""
+name = "scarce"
+doc = "the data-scarce regime: Fashion-MNIST (10..1000 images a class) and MNIST-1D (10..300) × CE, CE+Sil, CE+SupCon, CE+Sil+SupCon × 10 seeds, 500 steps each (360 runs)"
+objectives = ["ce", "ce+sil", "ce+supcon", "ce+sil+supcon"]
+seeds = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+[common]
+lr = 3e-3
+bs = 64
+balanced = 8
+views = 1
+epochs = 20
+epoch_batches = 25
+
+[datasets.fashion_mnist]
+encoder = "convnet"
+holdout = 1000
+n_valid = 2000
+channels_last = true
+n_train = [100, 300, 1000, 3000, 10000]
+
+[datasets.mnist1d]
+encoder = "cnn"
+holdout = 500
+n_train = [100, 300, 1000, 3000]
+""")
+ABLATION = Suite.from_toml("""
+name = "ablation"
+doc = "the silhouette term's formulation on Fashion-MNIST (10 000 images, 10 epochs): CE and CE+Sil × 5 seeds (10 runs); its variants in ablation-variants"
+objectives = ["ce", "ce+sil"]
+seeds = [0, 1, 2, 3, 4]
+
+[datasets.fashion_mnist]
+encoder = "convnet"
+epochs = 10
+bs = 256
+lr = 3e-3
+holdout = 5000
+n_train = 10000
+channels_last = true
+""")
+ABLATION_VARIANTS = Suite.from_toml("""
+name = "ablation-variants"
+doc = "CE+Sil with one choice changed at a time, in ablation's setting × 5 seeds (30 runs)"
+objectives = ["ce+sil"]
+
+[variants.z]
+dim = 128
+[variants.raw]
+sil_normalize = false
+[variants.sqeuclidean]
+sil_distance = "sqeuclidean"
+[variants.cosine]
+sil_distance = "cosine"
+[variants.hard]
+sil_minimum = "hard"
+sil_delta = 1e-4
+sil_weight = 0.5
+[variants.warmup]
+sil_warmup = 0.3
+""", base=ABLATION)
+UNSEEN = Suite.from_toml("""
+name = "unseen"
+doc = "unseen classes: train on Fashion-MNIST's first 5 classes, retrieval on the test images of the other 5, 7 objectives × 5 seeds (35 runs)"
+objectives = ["ce", "ce+sil", "supcon", "ce+supcon", "ce+sil+supcon", "proxynca", "ce+center"]
+seeds = [0, 1, 2, 3, 4]
+
+[common]
+lr = 3e-3
+bs = 64
+balanced = 16
+views = 1
+epochs = 20
+epoch_batches = 25
+seen_classes = 5
+
+[datasets.fashion_mnist]
+encoder = "convnet"
+holdout = 1000
+n_train = 5000
+channels_last = true
+
+[per_objective.supcon]
+probe_epochs = 5
+""")
+UNSEEN_MNIST1D = Suite.from_toml("""
+name = "unseen-mnist1d"
+doc = "unseen classes on MNIST-1D: train on its first 5 classes, retrieval on the other 5, 7 objectives × 10 seeds (70 runs)"
+seeds = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+[datasets.mnist1d]
+encoder = "cnn"
+holdout = 250
+""", base=UNSEEN)
+EVIDENCE = (SCARCE, ABLATION, ABLATION_VARIANTS, UNSEEN, UNSEEN_MNIST1D)   # `make evidence` runs them in this order
+SUITES = {s.name: s for s in (QUICK, COREL, PAPER, PAPER_SMOKE) + STUDY + EVIDENCE}
 
 # %% ../nbs/13_config.ipynb #07d664a9
 def load_suite(name:str|Path, # a name in `SUITES`, or the path of a TOML suite file

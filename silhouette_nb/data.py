@@ -366,6 +366,7 @@ def tensor_dsets(name:str, # 'digits', 'mnist1d' or 'fashion_mnist'
                  path=None, # folder of the files (Fashion-MNIST)
                  download:bool=False, # Fashion-MNIST: fetch it through torchvision if missing
                  holdout:int|None=None, # carve this many training samples (stratified) as the validation set; the official one becomes the test set
+                 seen_classes:int|None=None, # with `holdout`: train and validate on classes 0..k-1; test on the official test set's other classes, relabelled 0..
                 )->tuple: # (train, valid) `TensorClassDataset`s, normalised with the training mean and std; (train, valid, test) with `holdout`
     "Train and valid (and test) datasets of one of the in-memory datasets, normalised, optionally subset."
     load, _ = _TENSOR_DATA[name]
@@ -373,14 +374,22 @@ def tensor_dsets(name:str, # 'digits', 'mnist1d' or 'fashion_mnist'
     if xv is None:
         iv, it = stratified_split(yt, valid_pct, seed)
         xt, yt, xv, yv = xt[it], yt[it], xt[iv], yt[iv]
+    test_vocab = vocab
+    if seen_classes is not None:   # unseen classes: the field's retrieval protocol (Musgrave et al. 2020)
+        if holdout is None: raise ValueError("seen_classes needs holdout: the validation set is carved from the seen classes' training samples")
+        if not 1 < seen_classes < len(vocab) - 1:
+            raise ValueError(f"seen_classes must leave at least 2 classes on each side: 2..{len(vocab) - 2} for {name}'s {len(vocab)} classes, got {seen_classes}")
+        keep, out = yt < seen_classes, yv >= seen_classes
+        xt, yt, xv, yv = xt[keep], yt[keep], xv[out], yv[out] - seen_classes
+        vocab, test_vocab = vocab[:seen_classes], vocab[seen_classes:]
     if n_valid is not None: i = stratified_split(yv, n_valid, seed)[0]; xv, yv = xv[i], yv[i]
     if holdout is not None:   # the official validation set becomes the test set
         ih, it = stratified_split(yt, holdout, seed)
         (xh, yh), (xt, yt) = (xt[ih], yt[ih]), (xt[it], yt[it])
     if n_train is not None: i = stratified_split(yt, n_train, seed)[0]; xt, yt = xt[i], yt[i]
     mean, std = xt.mean(), xt.std()
-    ds = lambda x, y: TensorClassDataset((x - mean) / std, y, vocab)
-    return (ds(xt, yt), ds(xv, yv)) if holdout is None else (ds(xt, yt), ds(xh, yh), ds(xv, yv))
+    ds = lambda x, y, v=vocab: TensorClassDataset((x - mean) / std, y, v)
+    return (ds(xt, yt), ds(xv, yv)) if holdout is None else (ds(xt, yt), ds(xh, yh), ds(xv, yv, test_vocab))
 
 # %% ../nbs/08_data.ipynb #95842064
 import torchvision.transforms as T
@@ -481,16 +490,19 @@ def get_dls(name:str, # a name in `TENSOR_DATASETS` or `IMAGE_DATASETS`
             size:int|None=None, # image side for the image datasets; 32 for CIFAR, 224 otherwise
             valid_pct:float=0.2, # validation fraction where there is no official split
             holdout:int|None=None, # carve this many training samples (stratified) as the validation set; the official validation set becomes a third, test loader
+            seen_classes:int|None=None, # tensor datasets, with `holdout`: train on classes 0..k-1, test on the others (see `tensor_dsets`)
+            epoch_batches:int|None=None, # with `balanced`: batches per epoch, drawn across passes over the data; one pass when None
             num_workers:int|None=None, # loader processes; 0 for tensor datasets, fastai's default otherwise
             device=None, # where batches go (from pinned memory, without blocking, on CUDA); fastai's default device when None
            )->DataLoaders:
     "fastai `DataLoaders` for one of the datasets, with optional multi-view and class-balanced training batches."
     holdout, te, batch_aug = check_positive_int(holdout, 'holdout', optional=True), None, None
     if name in TENSOR_DATASETS:
-        tr, va, *te = tensor_dsets(name, n_train, n_valid, valid_pct, seed, path, download, holdout)
+        tr, va, *te = tensor_dsets(name, n_train, n_valid, valid_pct, seed, path, download, holdout, seen_classes)
         tfm, vtfm, nw, stats = None, None, 0 if num_workers is None else num_workers, None
         if augment or views > 1: batch_aug = AugmentOnDevice(_TENSOR_DATA[name][1], tr.x.ndim - 2)
     elif name in IMAGE_DATASETS:
+        if seen_classes is not None: raise ValueError(f"seen_classes is implemented for the tensor datasets ({', '.join(TENSOR_DATASETS)}), not {name}")
         tr, va = image_dsets(name, path, download, valid_pct, seed)
         if n_valid is not None: va = LabelledSubset(va, stratified_split(va.targets, n_valid, seed)[0], va.targets, va.vocab)
         if holdout is not None:
@@ -506,6 +518,8 @@ def get_dls(name:str, # a name in `TENSOR_DATASETS` or `IMAGE_DATASETS`
     device = default_device() if device is None else device
     kw = lambda *aug: dict(num_workers=nw, device=device, pin_memory=torch.device(device).type == 'cuda',
                            after_batch=[t for t in (NormalizeOnDevice(*stats) if stats else None, *aug) if t is not None] or None)
-    if balanced is not None: dl = BalancedDL(tr, bs=bs, m=balanced, seed=seed, **kw(batch_aug))
+    epoch_batches = check_positive_int(epoch_batches, 'epoch_batches', optional=True)
+    if epoch_batches is not None and balanced is None: raise ValueError("epoch_batches needs balanced=m: the class-balanced sampler draws a fixed number of batches")
+    if balanced is not None: dl = BalancedDL(tr, bs=bs, m=balanced, n_batches=epoch_batches, seed=seed, **kw(batch_aug))
     else: dl = DeviceDL(tr, bs=bs, shuffle=True, drop_last=len(tr) >= bs, **kw(batch_aug))
     return DataLoaders(dl, *(DeviceDL(d, bs=bs, shuffle=False, **kw()) for d in (va, *te)), device=device)

@@ -245,6 +245,9 @@ class ObjectiveLoss(Callback):
         self.objective.to(next(self.model.parameters()).device)
         self.checked = False
 
+    def before_batch(self):
+        if self.training: self.objective.progress = self.learn.pct_train   # what a warm-up of a term's weight reads
+
     def after_pred(self):
         m = getattr(self.model, 'module', self.model)   # DDP / DataParallel wrap the model
         out = getattr(m, 'outputs', None)
@@ -266,8 +269,9 @@ class ObjectiveLoss(Callback):
             self.learn.loss = res['loss'].detach().clone()
         self.terms = {k: v.detach() for k, v in res.items()}
 
-    def after_fit(self): self.batch_outputs = self.result = None
-    after_validate = after_train = after_fit
+    def after_fit(self): self.batch_outputs = self.result = None; self.objective.progress = 1.
+    def after_validate(self): self.batch_outputs = self.result = None
+    after_train = after_validate
 
 class ObjectiveCallback(ObjectiveLoss):
     "The old name of `ObjectiveLoss`, deprecated: kept for one release."

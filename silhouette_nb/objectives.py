@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from .validation import (check_choice, check_positive_int, check_temperature, check_weight, compute_dtype, validating)
 from .distances import DISTANCES
-from .silhouette import SoftSilhouetteLoss
+from .silhouette import SoftSilhouetteLoss, MINIMA
 from .supcon import SupConLoss, flatten_views
 from .validation import no_autocast
 from .heads import CenterLoss, ProxyNCALoss, renamed_kwargs
@@ -128,6 +128,10 @@ class Objective(nn.Module):
                  sil_temperature:float=0.01, # tau of the Soft Silhouette Loss
                  supcon_temperature:float=0.1, # tau of SupCon
                  sil_distance:str='euclidean', # distance of the silhouette: 'euclidean', 'sqeuclidean' or 'cosine'
+                 sil_normalize:bool=True, # the silhouette of the L2-normalised features (False: of the raw features)
+                 sil_minimum:str='soft', # the silhouette's minimum over the other classes: 'soft' (at `sil_temperature`) or 'hard'
+                 sil_delta:float=0., # floor under the silhouette's max(a, b) (Pinitas et al. 2024: 1e-4); 0: none
+                 sil_warmup:float=0., # fraction of training over which the silhouette's weight ramps up linearly from 0; 0: none
                  corel_attraction:float=0.5, # COREL's attraction weight lambda, in [0, 1]
                  gather:bool=False, # under torch.distributed: silhouette, SupCon and COREL see the global batch
                  validate_args:bool|None=None, # per-batch value checks (labels < K, finite outputs); None: the package default
@@ -143,9 +147,14 @@ class Objective(nn.Module):
         sil_temperature = check_temperature(sil_temperature, 'sil_temperature')
         supcon_temperature = check_temperature(supcon_temperature, 'supcon_temperature')
         check_choice(sil_distance, 'sil_distance', tuple(DISTANCES))
+        if not isinstance(sil_normalize, bool): raise TypeError(f"sil_normalize must be True or False, got {sil_normalize!r}")
+        check_choice(sil_minimum, 'sil_minimum', MINIMA)
+        sil_delta, self.sil_warmup = check_weight(sil_delta, 'sil_delta'), check_weight(sil_warmup, 'sil_warmup', hi=1)
+        self.progress = 1.   # fraction of training done: `sil_warmup` reads it; the learner (`ObjectiveLoss`) sets it every batch
         self.terms, self.requirements = _SPECS[self.spec], spec_requirements(self.spec)
         self.weights = {t: 1. if len(self.terms) == 1 or t == 'ce' else w[t] for t in self.terms}
-        self.sil = SoftSilhouetteLoss(sil_temperature, sil_distance, gather=gather, n_classes=self.n_classes, validate_args=False) if 'sil' in self.terms else None
+        self.sil = SoftSilhouetteLoss(sil_temperature, sil_distance, sil_normalize, gather=gather, n_classes=self.n_classes, validate_args=False,
+                                      minimum=sil_minimum, delta=sil_delta) if 'sil' in self.terms else None
         self.supcon = SupConLoss(supcon_temperature, gather=gather, validate_args=False) if 'supcon' in self.terms else None
         self.head = _make_head(self.spec, self.n_classes, self.dim, attraction, gather)
 
@@ -163,7 +172,14 @@ class Objective(nn.Module):
         "Weighted total and each term of the objective on one batch."
         z, yz, f, xf, yf, y = _read(self, outputs, labels, validating(self.validate_args))
         with no_autocast(y): terms = {t: _term(self, t, z, yz, f, xf, yf, y) for t in self.terms}
-        return {'loss': sum(self.weights[t] * v for t, v in terms.items()), **terms}
+        return {'loss': sum(self.weight(t) * v for t, v in terms.items()), **terms}
+
+    def weight(self, term:str, # a term of the spec
+              )->float: # its weight now: `weights[term]`, ramped by `sil_warmup` for the silhouette
+        "The weight of `term` at the current `progress` of training."
+        w = self.weights[term]
+        if term == 'sil' and self.sil_warmup > 0: w *= min(1., max(0., float(self.progress)) / self.sil_warmup)
+        return w
 
     def check_outputs(self, outputs:dict, # the model's outputs, as for `forward`
                       labels:Tensor, # (B,) integer labels
