@@ -6,7 +6,8 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/claims.html.md"""
 
 # %% auto #0
 __all__ = ['OBJECTIVE_FIELDS', 'CI_METHODS', 'SIL_PAPER', 'COREL_PAPER', 'SIL_DEFAULT', 'CLAIMS', 'CLAIM_UNITS', 'paired_values',
-           'paired_differences', 'mean_ci', 'verdict', 'Claim', 'judge_claims', 'claims_table']
+           'paired_differences', 'mean_ci', 'detectable_effect', 'seeds_needed', 'verdict', 'Claim', 'judge_claims',
+           'claims_table', 'compare']
 
 # %% ../nbs/14a_claims.ipynb #bc69f265
 import math
@@ -96,6 +97,28 @@ def mean_ci(diffs, # paired differences, one per seed
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return m, float(lo), float(hi)
 
+# %% ../nbs/14a_claims.ipynb #5494fa7c
+def detectable_effect(diffs, # paired differences, one per seed
+                      level:float=0.95, # coverage of the interval (the test's level is 1 - level)
+                      power:float=0.8, # the probability of detecting an effect of that size
+                     )->float: # the smallest true mean difference detected with probability `power`
+    "Minimum detectable effect of a paired two-sided t test on `diffs`: $(t_{1-\\alpha/2} + t_{power})\\, s_d / \\sqrt{n}$."
+    d = np.asarray(diffs, dtype=float).ravel()
+    if len(d) < 2: raise ValueError(f"a detectable effect needs at least 2 paired differences (seeds), got {len(d)}")
+    if not 0 < power < 1: raise ValueError(f"power must lie in (0, 1), got {power!r}")
+    n = len(d)
+    return float((stats.t.ppf((1 + level) / 2, n - 1) + stats.t.ppf(power, n - 1)) * d.std(ddof=1) / math.sqrt(n))
+
+def seeds_needed(sd:float, # standard deviation of one paired difference (measured on earlier runs)
+                 half_width:float, # the interval's largest acceptable half-width, in the units of `sd`
+                 level:float=0.95, # coverage of the interval
+                 n_max:int=1000, # give up above this many
+                )->int: # the smallest number of seeds n >= 2 with t_{(1+level)/2, n-1} sd / sqrt(n) <= half_width
+    "How many seeds make the paired t interval at most `half_width` wide on each side, for differences of spread `sd`."
+    for n in range(2, n_max + 1):
+        if stats.t.ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n) <= half_width: return n
+    raise ValueError(f"more than {n_max} seeds are needed for a half-width of {half_width} with sd {sd}")
+
 # %% ../nbs/14a_claims.ipynb #77616364
 def verdict(lo:float, # lower end of the interval of treatment − baseline
             hi:float, # upper end
@@ -159,6 +182,7 @@ def judge_claims(rows:list, # rows of a results file
             out.append(dict(claim=c.name, source=c.source, dataset=d, encoder=e, metric=c.metric, baseline_objective=c.baseline,
                             treatment_objective=c.treatment, higher_is_better=c.higher_is_better, n=len(b),
                             baseline=float(b.mean()), treatment=float(t.mean()), diff=mean, lo=lo, hi=hi, level=level, method=method,
+                            detectable=detectable_effect(t - b, level),
                             verdict=verdict(lo, hi, c.higher_is_better)))
     return out
 
@@ -172,12 +196,38 @@ def claims_table(judged:list, # from `judge_claims`
     how = ', '.join(f"{100 * l:g} %" for l in sorted(levels)) + ' ' + ' / '.join(
         'Student t (n − 1 df)' if m == 't' else 'percentile bootstrap' for m in sorted(methods))
     lines = [f"Treatment − baseline, paired by seed; mean and {how} confidence interval. "
-             "held: the interval lies on the claimed side of 0; contradicted: on the other side; not shown: it contains 0.", '',
-             '| verdict | claim | dataset | metric | seeds | baseline | treatment | difference | interval |', '|---|---|---|---|---|---|---|---|---|']
+             "held: the interval lies on the claimed side of 0; contradicted: on the other side; not shown: it contains 0. "
+             "detectable: the smallest true difference these seeds detect with 80 % power.", '',
+             '| verdict | claim | dataset | metric | seeds | baseline | treatment | difference | interval | detectable |', '|---|---|---|---|---|---|---|---|---|---|']
     for j in judged:
         scale, unit, dec = CLAIM_UNITS.get(j['metric'], (1, '', 3))
         f = lambda v, sign='': f"{v * scale:{sign}.{dec}f}"
         metric = j['metric'] + ('' if j['higher_is_better'] else ' (lower is better)')
         lines.append(f"| **{j['verdict']}** | {j['claim']}: {j['baseline_objective']} → {j['treatment_objective']} | {j['dataset']} ({j['encoder']}) "
-                     f"| {metric} | {j['n']} | {f(j['baseline'])} | {f(j['treatment'])} | {f(j['diff'], '+')}{unit} | [{f(j['lo'], '+')}, {f(j['hi'], '+')}] |")
+                     f"| {metric} | {j['n']} | {f(j['baseline'])} | {f(j['treatment'])} | {f(j['diff'], '+')}{unit} | [{f(j['lo'], '+')}, {f(j['hi'], '+')}] "
+                     f"| {'-' if j.get('detectable') is None else f(j['detectable']) + unit} |")
     return '\n'.join(lines)
+
+# %% ../nbs/14a_claims.ipynb #72cbc39d
+def compare(baseline_rows:list, # rows of the baseline arm, one a seed
+            treatment_rows:list, # rows of the treated arm, one a seed, the same seeds
+            metric:str, # the metric column
+            level:float=0.95, # coverage of the interval
+            higher_is_better:bool=True, # the verdict's direction
+           )->dict: # n, baseline, treatment, diff, lo, hi, detectable, verdict
+    "Two arms of any kind paired by seed: the mean difference of `metric` with its t interval, detectable effect and verdict."
+    arms = []
+    for name, rows in (('baseline', baseline_rows), ('treatment', treatment_rows)):
+        by = {}
+        for r in rows:
+            if r['seed'] in by: raise ValueError(f"the {name} arm has two runs of seed {r['seed']} ({by[r['seed']]['key']}, {r['key']}): select one")
+            if r.get(metric) is None or not math.isfinite(r[metric]): raise ValueError(f"run {r['key']} (seed {r['seed']}) has no finite {metric!r}")
+            by[r['seed']] = r
+        arms.append(by)
+    b, t = arms
+    if set(b) != set(t): raise ValueError(f"the arms' seeds differ: {sorted(b)} and {sorted(t)}")
+    seeds = sorted(b)
+    bv, tv = (np.array([a[s][metric] for s in seeds], dtype=float) for a in (b, t))
+    mean, lo, hi = mean_ci(tv - bv, level)
+    return dict(n=len(seeds), baseline=float(bv.mean()), treatment=float(tv.mean()), diff=mean, lo=lo, hi=hi,
+                detectable=detectable_effect(tv - bv, level), verdict=verdict(lo, hi, higher_is_better))
