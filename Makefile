@@ -1,6 +1,6 @@
 # silhouette_nb — one entry point for setting up, testing and benchmarking.
 #   make test       the whole suite (what CI runs)
-#   make bench      the speed / memory benchmarks (print ratios, assert nothing)
+#   make bench      the speed / memory benchmarks, the objectives' training steps included (print ratios, assert nothing)
 #   make gpu-check  every GPU path in <= 8 min on one GPU: table + benchmarks/out/gpu_check.json (one line without CUDA)
 #   make reproduce  the quick experiment suite (CPU, <= 20 min) and its report in results/quick/
 #   make study      the full-size study (CPU, 2 cores, <= 2.5 h, resumable) in results/standard/
@@ -57,6 +57,7 @@ bench: venv
 	$(PY) benchmarks/bench_silhouette.py
 	$(PY) benchmarks/bench_supcon.py
 	$(PY) benchmarks/bench_large_batch.py --threads 1
+	$(PY) benchmarks/bench_objectives.py --out benchmarks/out/objectives.json
 
 gpu-check: venv
 	$(PY) tools/gpu_check.py
