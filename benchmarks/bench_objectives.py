@@ -27,7 +27,7 @@ OBJECTIVES = ('ce', 'ce+sil', 'ce+supcon', 'ce+sil+supcon')
 def batches(dataset, bs, views, n, seed=0):
     "`n` real training batches of the study's data for `dataset` (augmented as in training), on the CPU."
     from silhouette_nb.data import get_dls
-    dls = get_dls(dataset, bs=bs, views=views, seed=seed, device='cpu')
+    dls = get_dls(dataset, bs=bs, views=views, seed=seed, device="cpu")
     out = []
     for b in dls.train:
         out.append((b[0].clone(), b[1].clone()))
@@ -72,7 +72,7 @@ def measure(setting, repeats, warmup):
     times = {k: [] for k in arms}
     for i in range(warmup + repeats):
         for k, (o, data) in arms.items():
-            xb, yb = data[i]
+            xb, yb = data[i % len(data)]   # a small training set has fewer batches than steps: they repeat
             if cl and xb.ndim == 4: xb = xb.contiguous(memory_format=torch.channels_last)
             t = time.perf_counter()
             step(*parts[k], xb, yb)
