@@ -464,3 +464,27 @@ def test_labels_on_another_device_name_the_labels():
     x, y = torch.randn(4, 3, device='meta'), torch.tensor([0, 0, 1, 1])
     for call in (lambda: supcon_loss(x, y), lambda: SupConLoss()(x[:, None].expand(4, 2, 3), y)):
         with pytest.raises(ValueError, match='labels are on cpu but embeddings are on meta'): call()
+
+
+# ---------------------------------------------------------------- without labels across processes
+def simclr_worker(x):
+    "This process's shard of views: SupConLoss(gather=True) without labels, its gradient, and the rows."
+    from silhouette_nb.process_group import shard_rows
+    rows = shard_rows(len(x))
+    xs = x[rows].clone().requires_grad_()
+    loss = supcon_loss(xs, gather=True, variant='in', chunk_size=3) + SupConLoss(gather=True, base_temperature=0.07)(xs)
+    g, = torch.autograd.grad(loss, xs)
+    return loss.item(), g, rows
+
+
+def test_gather_without_labels_is_simclr_of_the_global_batch():
+    "Each sample its own class in the *global* batch: codes from the gathered rows, not 0..B_r-1 on every process."
+    from silhouette_nb.process_group import launch
+    torch.manual_seed(0)
+    x = torch.randn(10, 2, 4, dtype=torch.float64)
+    xg = x.clone().requires_grad_()
+    ref = supcon_loss(xg, variant='in') + SupConLoss(base_temperature=0.07)(xg)
+    g_ref, = torch.autograd.grad(ref, xg)
+    for v, g, rows in launch(simclr_worker, 2, x, threads=1, timeout=300):
+        assert abs(v - ref.item()) < 1e-12
+        assert (g - 2 * g_ref[rows]).abs().max() < 1e-12          # W times: DDP's mean over the 2 processes undoes it
