@@ -37,20 +37,24 @@ def our_distance(distance, # a pytorch-metric-learning distance object
                      "LpDistance(p=2, power=2) (sqeuclidean), each with normalize_embeddings=True or False, or CosineSimilarity() (cosine)")
 
 # %% ../nbs/07a_pml.ipynb #3ed0c664
-def pair_masks(labels:Tensor, # (B,) labels of the queries
-               ref_labels:Tensor, # (M,) labels of the reference set
+def pair_masks(labels:Tensor|None, # (B,) labels of the queries; None with `indices_tuple` (give `n`)
+               ref_labels:Tensor|None, # (M,) labels of the reference set; None with `indices_tuple` (give `m`)
                indices_tuple:tuple|None=None, # a miner's pairs (a1, p, a2, n) or triplets (a, p, n); None: all pairs
                same:bool=False, # the reference set is the batch itself: leave out the pairs (i, i)
+               n:int|None=None, # B, when `labels` is None
+               m:int|None=None, # M, when `ref_labels` is None
               )->tuple: # ((B, M) bool positive pairs, (B, M) bool negative pairs)
     "The positive and negative (query, reference) pairs that count: every pair, or only those of `indices_tuple`."
     if indices_tuple is None:
+        if labels is None or ref_labels is None: raise ValueError("without indices_tuple the pairs come from the labels: give labels")
         pos = labels[:, None] == ref_labels[None]
         if same: pos.fill_diagonal_(False)
         return pos, labels[:, None] != ref_labels[None]
-    a1, p, a2, n = lmu.convert_to_pairs(indices_tuple, labels, ref_labels)
-    pos = labels.new_zeros(len(labels), len(ref_labels), dtype=torch.bool)
+    a1, p, a2, neg_idx = lmu.convert_to_pairs(indices_tuple, labels, ref_labels)
+    n, m = len(labels) if labels is not None else n, len(ref_labels) if ref_labels is not None else m
+    pos = torch.zeros(n, m, dtype=torch.bool, device=a1.device)
     neg = pos.clone()
-    pos[a1, p], neg[a2, n] = True, True
+    pos[a1, p], neg[a2, neg_idx] = True, True
     return pos, neg
 
 # %% ../nbs/07a_pml.ipynb #e5a635e6
@@ -111,15 +115,20 @@ def _element(losses, indices):
     "A PML loss dictionary of per-sample terms."
     return {'loss': {'losses': losses, 'indices': indices, 'reduction_type': 'element'}}
 
+def _checked(emb, labels):
+    "`check_batch` of a batch whose labels may be None (their place held by zeros): (x, labels as int64 or None)."
+    x, y = check_batch(emb, emb.new_zeros(emb.shape[:1], dtype=torch.long) if labels is None and isinstance(emb, Tensor) else labels)
+    return x, None if labels is None else y
+
 def _read(embeddings, labels, ref_emb, ref_labels):
-    "Checked (x, y), the reference set (r, ry) in the same dtype, and whether it is the batch itself."
-    x, y = check_batch(embeddings, labels)
+    "Checked (x, y), the reference set (r, ry) in the same dtype, and whether it is the batch itself; y, ry None without labels."
+    x, y = _checked(embeddings, labels)
     if ref_emb is embeddings: return x, y, x, y, True
-    try: r, ry = check_batch(ref_emb, ref_labels)
+    try: r, ry = _checked(ref_emb, ref_labels)
     except (TypeError, ValueError) as e: raise type(e)(f"ref_emb, ref_labels: {e}") from None
     if r.shape[1] != x.shape[1]: raise ValueError(f"ref_emb has {r.shape[1]} dimensions but embeddings have {x.shape[1]}")
     dt = torch.promote_types(x.dtype, r.dtype)
-    return x.to(dt), y, r.to(dt), ry.to(y.device), False
+    return x.to(dt), y, r.to(dt), None if ry is None else ry.to(x.device), False
 
 # %% ../nbs/07a_pml.ipynb #38742329
 class SoftSilhouetteLoss(pml_losses.BaseMetricLossFunction):
@@ -135,6 +144,9 @@ class SoftSilhouetteLoss(pml_losses.BaseMetricLossFunction):
         self.add_to_recordable_attributes(list_of_names=['temperature'], is_stat=False)
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        if labels is None or (ref_labels is None and ref_emb is not embeddings):
+            raise ValueError("SoftSilhouetteLoss needs labels (and ref_labels with ref_emb): a silhouette compares each sample's "
+                             "class with the other classes, and indices_tuple (a miner's pairs) does not say the classes")
         with no_autocast(embeddings):
             x, y, r, ry, same = _read(embeddings, labels, ref_emb, ref_labels)
             if self.normalize: x, r = unit_rows(x), unit_rows(r)
@@ -142,7 +154,7 @@ class SoftSilhouetteLoss(pml_losses.BaseMetricLossFunction):
                 if len(torch.unique(y)) < 2: return self.zero_losses()
                 s = soft_silhouette_samples(x, y, self.temperature, self.sil_distance, self.chunk_size)
                 return _element(1 - s, torch.arange(len(s), device=s.device))
-            pos, neg = pair_masks(y, ry, indices_tuple, same)
+            pos, neg = pair_masks(y, ry, indices_tuple, same, len(x), len(r))
             if not bool(neg.any()): return self.zero_losses()
             w = pos | neg
             q = w.any(1).nonzero()[:, 0]                           # the queries that have a pair
@@ -169,6 +181,9 @@ class SupConLoss(pml_losses.BaseMetricLossFunction):
     def get_default_distance(self): return CosineSimilarity()
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
+        if indices_tuple is None and (labels is None or (ref_labels is None and ref_emb is not embeddings)):
+            raise ValueError("SupConLoss needs labels (and ref_labels with ref_emb) or indices_tuple (a miner's pairs): "
+                             "without either nothing says which pairs are positive")
         with no_autocast(embeddings):
             x, y, r, ry, same = _read(embeddings, labels, ref_emb, ref_labels)
             if same and indices_tuple is None:
@@ -176,7 +191,7 @@ class SupConLoss(pml_losses.BaseMetricLossFunction):
                 if not bool(valid.any()) or bool((y == y[0]).all()): return self.zero_losses()
                 q = valid.nonzero()[:, 0]
                 return _element(losses[q], q)
-            pos, neg = pair_masks(y, ry, indices_tuple, same)
+            pos, neg = pair_masks(y, ry, indices_tuple, same, len(x), len(r))
             if not (bool(pos.any()) and bool(neg.any())): return self.zero_losses()
             return _element(*supcon_against(x, r, pos, neg, self.temperature, self.variant))
 
@@ -202,6 +217,7 @@ class _COREL(pml_losses.BaseMetricLossFunction):
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         name = type(self).__name__
+        if labels is None: raise ValueError(f"{name} compares each sample with its class's vector: it needs labels")
         if ref_emb is not embeddings: raise ValueError(f"{name} compares each sample with its class vectors: ref_emb is not supported")
         if indices_tuple is not None: raise ValueError(f"{name} has one term per sample: indices_tuple (a miner's pairs) is not supported")
         return _element(self.head.sample_losses(embeddings, labels), torch.arange(len(labels), device=labels.device))

@@ -11,14 +11,14 @@ __all__ = ['flatten_views', 'gram_logsumexp', 'chunked_gram_logsumexp', 'supcon_
 import math
 import torch
 from torch import Tensor
-from .validation import check_batch, check_temperature, check_choice, check_chunk_size, no_autocast, LossModule
+from .validation import check_batch, check_temperature, check_choice, check_chunk_size, no_autocast, validating, LossModule
 from .distances import unit_rows, dense_codes
 from .process_group import gather_batch, global_mean, world_size
 
 # %% ../nbs/04_supcon.ipynb #cd98786a
 def flatten_views(features:Tensor, # (B, d) embeddings or (B, V, d) views of each sample
-                  labels:Tensor, # (B,) integer labels
-                 )->tuple: # ((B*V, d) view-major embeddings, (B*V,) labels, V)
+                  labels:Tensor|None, # (B,) integer labels, or None
+                 )->tuple: # ((B*V, d) view-major embeddings, (B*V,) labels or None, V)
     "Stack the views of a `(B, V, d)` batch view-major, repeating the labels; a `(B, d)` batch is one view."
     if not isinstance(features, Tensor): raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
     if features.ndim == 2: return features, labels, 1
@@ -26,10 +26,10 @@ def flatten_views(features:Tensor, # (B, d) embeddings or (B, V, d) views of eac
         raise ValueError(f"features must be a (B, d) or (B, V, d) tensor, got shape {tuple(features.shape)}")
     B, V, d = features.shape
     if V == 0: raise ValueError("features have zero views (V = 0)")
-    if not isinstance(labels, Tensor) or labels.shape != (B,):
+    if labels is not None and (not isinstance(labels, Tensor) or labels.shape != (B,)):
         raise ValueError(f"labels must be a 1-D (B,) tensor with one label per sample (B = {B}), "
                          f"got shape {tuple(getattr(labels, 'shape', ()))}")
-    return features.transpose(0, 1).reshape(B * V, d), labels.repeat(V), V
+    return features.transpose(0, 1).reshape(B * V, d), None if labels is None else labels.repeat(V), V
 
 # %% ../nbs/04_supcon.ipynb #e3e2a624
 def _mask_rows_(s, b0, b1, mask):
@@ -104,72 +104,114 @@ def chunked_gram_logsumexp(a:Tensor, # (n, d) anchors
     return _GramLogSumExp.apply(a, z, tau, (None, self_cols, a_codes, z_codes), chunk_size)
 
 # %% ../nbs/04_supcon.ipynb #0258ec25
-def _anchor_losses(z, codes, counts, cols, tau, variant, chunk_size):
-    "L_out / L_in of the anchors z[cols] against all of z: (loss of each, 0 without positive; has a positive)."
+def _anchor_losses(z, codes, counts, cols, tau, variant, chunk_size, mask=None):
+    "L_out / L_in of the anchors z[cols] against all of z: (loss of each, 0 without positive; has a positive; some anchor has a negative)."
     a, ac = z[cols], codes[cols]
-    n_pos = counts[ac] - 1                                                  # |P(i)|
+    C = z.new_zeros(len(counts), z.shape[1]).index_add_(0, codes, z)         # class sums C_c (with a mask: each sample's views)
+    if mask is None:                                                        # P(i): the same code, not i itself
+        n_pos, pos_sum, keep, a_codes = counts[ac] - 1, C[ac] - a, None, ac          # |P(i)|, sum of z_p over P(i)
+    else:                                                                   # P(i): the samples c with mask[b_i, c], not i itself
+        B = len(mask)                                                       # codes are the samples 0..B-1
+        R = mask[ac]                                                        # (n, B) the positive samples of each anchor
+        own = R.gather(1, ac[:, None]).long()                                   # its own other views count when mask[b, b]
+        n_pos = (R.long() * counts[:B]).sum(1) - own[:, 0]
+        pos_sum, keep, a_codes = R.to(z.dtype) @ C[:B] - own.to(z.dtype) * a, R[:, codes], None
     lse = _GramLogSumExp.apply(a, z, tau, (None, cols, None, None), chunk_size)             # l_i
     if variant == 'out':                                                    # mean of s_ip over P(i)
-        C = z.new_zeros(len(counts), z.shape[1]).index_add_(0, codes, z)     # class sums C_c
-        pos = (a * (C[ac] - a)).sum(1) / tau / n_pos.clamp_min(1)
+        pos = (a * pos_sum).sum(1) / tau / n_pos.clamp_min(1)
     else:                                                                   # log-mean-exp of s_ip over P(i)
-        pos = _GramLogSumExp.apply(a, z, tau, (None, cols, ac, codes), chunk_size) - n_pos.clamp_min(1).to(z.dtype).log()
-    return torch.where(n_pos > 0, lse - pos, 0), n_pos > 0
+        pos = (_GramLogSumExp.apply(a, z, tau, (keep, cols, a_codes, None if keep is not None else codes), chunk_size)
+               - n_pos.clamp_min(1).to(z.dtype).log())
+    has_negative = codes.amax() > 0 if mask is None else (n_pos < len(z) - 1).any()   # a second class / a pair outside the mask
+    return torch.where(n_pos > 0, lse - pos, 0), n_pos > 0, has_negative
 
 # %% ../nbs/04_supcon.ipynb #111698d0
-def _checked_options(temperature, contrast_mode, variant, chunk_size):
+def _checked_options(temperature, contrast_mode, variant, chunk_size, base_temperature=None):
     "SupCon's options, by the rules of `validation`."
     return (check_temperature(temperature), check_choice(contrast_mode, 'contrast_mode', ('all', 'one')),
-            check_choice(variant, 'variant', ('out', 'in')), check_chunk_size(chunk_size))
+            check_choice(variant, 'variant', ('out', 'in')), check_chunk_size(chunk_size),
+            None if base_temperature is None else check_temperature(base_temperature, 'base_temperature'))
 
-def _supcon(features, labels, temperature, contrast_mode, variant, chunk_size, validate_args, gather=False):
+def _check_mask(mask, B, x, validate_args):
+    "A `(B, B)` positive mask as bool, `mask[i, j]` when sample j is a positive of sample i."
+    if not isinstance(mask, Tensor): raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.shape != (B, B): raise ValueError(f"mask must be a (B, B) tensor over the B = {B} samples, got shape {tuple(mask.shape)}")
+    if mask.is_complex(): raise ValueError(f"mask must be bool or hold 0 and 1, got {mask.dtype}")
+    if mask.device != x.device: raise ValueError(f"mask is on {mask.device} but embeddings are on {x.device}")
+    if validating(validate_args) and mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask must be bool or hold only 0 and 1: mask[i, j] = 1 when sample j is a positive of sample i")
+    return mask != 0
+
+def _supcon(features, labels, temperature, contrast_mode, variant, chunk_size, validate_args, gather=False, base_temperature=None, mask=None):
     "Checks, then (loss of each of this process's anchors, 0 without positive; has a positive; the batch has a negative pair)."
-    tau, contrast_mode, variant, chunk_size = _checked_options(temperature, contrast_mode, variant, chunk_size)
+    tau, contrast_mode, variant, chunk_size, base = _checked_options(temperature, contrast_mode, variant, chunk_size, base_temperature)
+    if labels is not None and mask is not None:
+        raise ValueError("give labels or mask, not both (labels: the same label is a positive; mask[i, j] = 1: j is a positive of i)")
+    if mask is not None and gather: raise ValueError("mask relates the samples of one process's batch: with gather=True give labels")
     x, y, V = flatten_views(features, labels)
-    x, y = check_batch(x, y, validate_args)
     B, own = len(x) // V, None
+    if y is None: y = torch.arange(B, device=x.device).repeat(V)   # no labels: each sample its own class (its views), or the mask's rows
+    x, y = check_batch(x, y, validate_args)
+    if mask is not None: mask = _check_mask(mask, B, x, validate_args)
     with no_autocast(x):
         if gather and world_size() > 1:   # the global batch, view-major as on one process, and this process's samples
             f, y, own = gather_batch(x.reshape(V, B, -1).transpose(0, 1), y[:B])
-            B, x, y = len(f), f.transpose(0, 1).reshape(V * len(f), -1), y.repeat(V)
+            B, x = len(f), f.transpose(0, 1).reshape(V * len(f), -1)
+            y = (y if labels is not None else torch.arange(B, device=x.device)).repeat(V)   # no labels: one class per global sample
         samples = torch.arange(B, device=x.device) if own is None else torch.arange(own.start, own.stop, device=x.device)
         views = torch.arange(V if contrast_mode == 'all' else 1, device=x.device)
         codes = dense_codes(y)
         counts = torch.zeros_like(codes).index_add_(0, codes, torch.ones_like(codes))   # class sizes, by code
         cols = (views[:, None] * B + samples).reshape(-1)                               # the anchors' rows
-        losses, valid = _anchor_losses(unit_rows(x), codes, counts, cols, tau, variant, chunk_size)
-    return losses, valid, codes.amax() > 0                                 # a second class: a negative pair
+        losses, valid, has_negative = _anchor_losses(unit_rows(x), codes, counts, cols, tau, variant, chunk_size, mask)
+        if base is not None: losses = losses * (tau / base)                # the reference code's factor tau / base_temperature
+    return losses, valid, has_negative
 
 # %% ../nbs/04_supcon.ipynb #e034d775
 def supcon_anchor_losses(features:Tensor, # (B, d) embeddings or (B, V, d) views, not necessarily normalised
-                         labels:Tensor, # (B,) integer labels
+                         labels:Tensor|None=None, # (B,) integer labels; None: each sample its own class (SimCLR) or `mask`
                          temperature:float=0.1, # tau
                          contrast_mode:str='all', # 'all': every view is an anchor; 'one': only view 0
                          variant:str='out', # 'out': L_out (the paper's); 'in': L_in (ablation)
                          chunk_size:int|None=None, # anchors per block (no N x N matrix); None: unchunked
                          validate_args:bool|None=None, # check the values (finite, labels); None: the package default
+                         base_temperature:float|None=None, # the reference code's: losses times tau / base_temperature; None: tau (factor 1)
+                         mask:Tensor|None=None, # (B, B) bool or 0/1, mask[i, j]: sample j is a positive of sample i (instead of labels)
                         )->tuple: # ((n,) loss of each anchor, 0 without positive; (n,) bool, has a positive)
     "SupCon loss of each anchor (view-major order) and which anchors have a positive."
-    losses, valid, _ = _supcon(features, labels, temperature, contrast_mode, variant, chunk_size, validate_args)
+    losses, valid, _ = _supcon(features, labels, temperature, contrast_mode, variant, chunk_size, validate_args,
+                               base_temperature=base_temperature, mask=mask)
     return losses, valid
 
 # %% ../nbs/04_supcon.ipynb #975c0724
 def supcon_loss(features:Tensor, # (B, d) embeddings or (B, V, d) views, not necessarily normalised
-                labels:Tensor, # (B,) integer labels
+                labels:Tensor|None=None, # (B,) integer labels; None: each sample its own class (SimCLR) or `mask`
                 temperature:float=0.1, # tau
                 contrast_mode:str='all', # 'all': every view is an anchor; 'one': only view 0
                 variant:str='out', # 'out': L_out (the paper's); 'in': L_in (ablation)
                 gather:bool=False, # under torch.distributed: the loss of the global batch of all processes
                 chunk_size:int|None=None, # anchors per block (no N x N matrix); None: unchunked
                 validate_args:bool|None=None, # check the values (finite, labels); None: the package default
+                base_temperature:float|None=None, # the reference code's: loss times tau / base_temperature; None: tau (factor 1)
+                mask:Tensor|None=None, # (B, B) bool or 0/1, mask[i, j]: sample j is a positive of sample i (instead of labels)
                )->Tensor: # scalar loss, in float32 for half-precision input
     "Supervised contrastive loss (Khosla et al. 2020), averaged over the anchors that have a positive."
-    losses, valid, has_negative = _supcon(features, labels, temperature, contrast_mode, variant, chunk_size, validate_args, gather)
+    losses, valid, has_negative = _supcon(features, labels, temperature, contrast_mode, variant, chunk_size, validate_args,
+                                          gather, base_temperature, mask)
     with no_autocast(losses):
         loss = global_mean(losses, valid, across=gather)   # 0 when no anchor has a positive
         return torch.where(has_negative, loss, loss * 0)
 
 # %% ../nbs/04_supcon.ipynb #de100761
 class SupConLoss(LossModule):
-    "Supervised contrastive loss as a module: `SupConLoss()(embeddings, labels)`; options as `supcon_loss`."
+    "Supervised contrastive loss as a module: `SupConLoss()(features, labels)`, `(features)` or `(features, mask=mask)`; options as `supcon_loss`."
     fn, check_options, shown = staticmethod(supcon_loss), staticmethod(_checked_options), ('temperature', 'contrast_mode', 'variant')
+
+    @classmethod
+    def _options(cls): return [p for p in super()._options() if p.name != 'mask']   # a mask comes with the batch, as labels do
+
+    def forward(self, features:Tensor, # (B, d) embeddings or (B, V, d) views
+                labels:Tensor|None=None, # (B,) integer labels; None: each sample its own class, or `mask`
+                mask:Tensor|None=None, # (B, B) mask[i, j]: sample j is a positive of sample i
+               )->Tensor: # the loss with this module's options
+        return self.fn(features, labels, mask=mask, **{k: getattr(self, k) for k in self.option_names})

@@ -30,7 +30,8 @@ def set_default_validate_args(value:bool, # True: the value checks run wherever 
 
 def validating(validate_args:bool|None=None, # a call's or an object's own setting; None: the package default
               )->bool: # whether the value checks run
-    "Whether the data-dependent checks run: `validate_args` when given, else the package-wide default."
+    "Whether the data-dependent checks run: `validate_args` when given, else the package-wide default (off under `torch.compile`)."
+    if validate_args is None and torch.compiler.is_compiling(): return False   # no value read on the host: no graph break
     return _VALIDATE_DEFAULT if validate_args is None else bool(validate_args)
 
 # %% ../nbs/00_validation.ipynb #6948f60c

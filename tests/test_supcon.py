@@ -33,24 +33,32 @@ def loop_supcon(features, labels, temperature=0.1, contrast_mode='all', variant=
     return sum(losses) / len(losses) if losses else 0.0
 
 
+def reference_code(features, labels=None, mask=None, temperature=0.07, contrast_mode='all', base_temperature=0.07):
+    """HobbitLong/SupContrast `losses.py` `SupConLoss(temperature, contrast_mode, base_temperature)(features, labels, mask)`,
+    written here from its semantics (not copied): (B, V, d) features used as given (the caller normalises); positives from
+    `mask[i, j]` (j a positive of i), from equal labels, or, with neither, the identity (SimCLR: a sample's other views);
+    an anchor's own column left out; -(tau / base_temperature) times the mean log-probability of its positives (0 without
+    any), averaged over every anchor."""
+    B, V, d = features.shape
+    if labels is not None and mask is not None: raise ValueError('Cannot define both `labels` and `mask`')
+    if mask is None: mask = torch.eye(B) if labels is None else labels[:, None] == labels[None]
+    contrast = torch.cat(features.unbind(1))                               # (B V, d), view-major
+    anchors = contrast if contrast_mode == 'all' else features[:, 0]
+    n = len(anchors)
+    logits = anchors @ contrast.T / temperature
+    not_self = torch.ones(n, B * V, dtype=torch.bool)
+    not_self[torch.arange(n), torch.arange(n)] = False
+    pos = mask.to(features.dtype).repeat(n // B, V) * not_self
+    log_prob = logits - logits.masked_fill(~not_self, -math.inf).logsumexp(1, keepdim=True)
+    npos = pos.sum(1)
+    mean_log_prob_pos = (pos * log_prob).sum(1) / torch.where(npos < 1e-6, 1, npos)
+    return -(temperature / base_temperature) * mean_log_prob_pos.mean()
+
+
 def reference_supcon(features, labels, temperature):
-    "The reference code's loss (HobbitLong/SupContrast losses.py), with base_temperature = temperature; (B, V, d)."
-    features = F.normalize(features, dim=2)
-    B, V = features.shape[:2]
-    mask = torch.eq(labels[:, None], labels[None]).to(features.dtype)
-    contrast = torch.cat(torch.unbind(features, dim=1), dim=0)
-    out = {}
-    for mode, anchor, count in [('all', contrast, V), ('one', features[:, 0], 1)]:
-        logits = anchor @ contrast.T / temperature
-        logits = logits - logits.max(1, keepdim=True).values.detach()
-        m = mask.repeat(count, V)
-        logits_mask = torch.scatter(torch.ones_like(m), 1, torch.arange(B * count)[:, None], 0)
-        m = m * logits_mask
-        log_prob = logits - torch.log((torch.exp(logits) * logits_mask).sum(1, keepdim=True))
-        npos = m.sum(1)
-        npos = torch.where(npos < 1e-6, 1, npos)
-        out[mode] = (-(m * log_prob).sum(1) / npos).view(count, B).mean()
-    return out
+    "The reference code's loss in both contrast modes, with base_temperature = temperature; (B, V, d), normalised here."
+    f = F.normalize(features, dim=2)
+    return {mode: reference_code(f, labels, None, temperature, mode, temperature) for mode in ('all', 'one')}
 
 
 # ---------------------------------------------------------------- strategies
@@ -139,6 +147,106 @@ def test_matches_reference_code_with_views(batch, tau):
     ref = reference_supcon(x, y, tau)
     for mode in ('all', 'one'):
         torch.testing.assert_close(supcon_loss(x, y, tau, contrast_mode=mode), ref[mode], atol=1e-9, rtol=0)
+
+
+# ---------------------------------------------------------------- a drop-in for the reference code's calls
+@st.composite
+def reference_calls(draw):
+    "A (B, V, d) float64 batch of views, a temperature pair, and the positives as labels, as a mask, or neither."
+    B, V, d = draw(st.integers(2, 8)), draw(st.sampled_from([2, 3])), draw(st.integers(1, 5))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(B, V, d, generator=g, dtype=torch.float64) * 3
+    tau, base = draw(st.sampled_from([(0.07, 0.07), (0.1, 0.07), (0.5, 0.07), (0.1, 0.1), (0.2, 1.0)]))
+    kind = draw(st.sampled_from(['labels', 'none', 'mask']))
+    labels = mask = None
+    if kind == 'labels': labels = torch.randint(0, draw(st.integers(2, 4)), (B,), generator=g)
+    if kind == 'mask':   # asymmetric, with mask[i, i] = 1: every anchor has a positive (its other views)
+        mask = (torch.rand(B, B, generator=g) < draw(st.sampled_from([0.2, 0.5]))).double().fill_diagonal_(1)
+    return x, labels, mask, tau, base
+
+
+@SETTINGS
+@given(reference_calls(), st.sampled_from(['all', 'one']))
+def test_reference_code_calls_give_their_values_and_gradients(call, mode):
+    """criterion(features, labels), criterion(features), criterion(features, mask=mask): their loss and gradient in float64.
+    They normalise in the model (SupConResNet's head), we in the loss: both gradients are taken through that normalisation."""
+    x, labels, mask, tau, base = call
+    if labels is not None: assume(len(labels.unique()) > 1)    # one class: they contrast nothing against something, we give 0
+    if mask is not None: assume(not mask.bool().all())         # likewise: a mask of all ones leaves no negative pair
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    theirs = reference_code(F.normalize(xa, dim=2), labels, mask, tau, mode, base)
+    ours = SupConLoss(temperature=tau, contrast_mode=mode, base_temperature=base)(xb, labels, mask=mask)
+    torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=1e-10)
+    ga, = torch.autograd.grad(theirs, xa)
+    gb, = torch.autograd.grad(ours, xb)
+    torch.testing.assert_close(gb, ga, atol=1e-10, rtol=1e-8)
+    for variant in ('out', 'in'):   # the functional form and the row blocks give the same
+        f = supcon_loss(x, labels, tau, mode, variant, chunk_size=3, base_temperature=base, mask=mask)
+        g = supcon_loss(x, labels, tau, mode, variant, base_temperature=base, mask=mask)
+        torch.testing.assert_close(f, g, atol=1e-12, rtol=1e-12)
+
+
+def test_their_defaults_and_the_base_temperature_factor():
+    torch.manual_seed(0)
+    x, y = F.normalize(torch.randn(16, 2, 8, dtype=torch.float64), dim=2), torch.randint(0, 4, (16,))
+    their_default = reference_code(x, y)                          # SupConLoss() there: temperature = base_temperature = 0.07
+    torch.testing.assert_close(SupConLoss(temperature=0.07, base_temperature=0.07)(x, y), their_default, atol=1e-12, rtol=0)
+    torch.testing.assert_close(SupConLoss(temperature=0.07)(x, y), their_default, atol=1e-12, rtol=0)   # factor 1 either way
+    their_main = reference_code(x, y, temperature=0.1)              # main_supcon.py --temp 0.1: base_temperature stays 0.07
+    assert abs(their_main / SupConLoss()(x, y) - 0.1 / 0.07) < 1e-12          # ours without base_temperature: 1/1.4286 of theirs
+    torch.testing.assert_close(SupConLoss(base_temperature=0.07)(x, y), their_main, atol=1e-12, rtol=0)
+    assert SupConLoss().temperature == 0.1 and SupConLoss().base_temperature is None
+    a, v = supcon_anchor_losses(x, y, base_temperature=0.07), supcon_anchor_losses(x, y)
+    torch.testing.assert_close(a[0], v[0] * (0.1 / 0.07))
+
+
+def test_anchors_without_a_positive_they_count_we_do_not():
+    "A mask with zero rows (and zero diagonal): theirs is ours times the share of anchors that have a positive."
+    torch.manual_seed(1)
+    x = F.normalize(torch.randn(6, 2, 4, dtype=torch.float64), dim=2)
+    mask = torch.zeros(6, 6)
+    mask[0, 1] = mask[1, 0] = mask[2, 3] = mask[4, 4] = 1           # samples 3 and 5 have no positive in any view
+    for mode in ('all', 'one'):
+        losses, valid = supcon_anchor_losses(x, temperature=0.1, contrast_mode=mode, mask=mask)
+        assert valid.float().mean() < 1
+        ours = supcon_loss(x, temperature=0.1, contrast_mode=mode, mask=mask)
+        torch.testing.assert_close(reference_code(x, mask=mask, temperature=0.1, contrast_mode=mode, base_temperature=0.1),
+                                   ours * valid.double().mean(), atol=1e-12, rtol=0)
+        torch.testing.assert_close(ours, losses[valid].mean())
+
+
+def test_without_labels_each_sample_is_its_own_class():
+    torch.manual_seed(2)
+    x = torch.randn(7, 3, 5, dtype=torch.float64)
+    for variant in ('out', 'in'):
+        torch.testing.assert_close(supcon_loss(x, variant=variant), supcon_loss(x, torch.arange(7), variant=variant), atol=0, rtol=0)
+        torch.testing.assert_close(supcon_loss(x, variant=variant), supcon_loss(x, mask=torch.eye(7, dtype=torch.bool), variant=variant))
+    y = torch.tensor([0, 1, 1, 2, 0, 2, 3])
+    torch.testing.assert_close(supcon_loss(x, mask=y[:, None] == y[None]), supcon_loss(x, y))
+    assert supcon_loss(torch.randn(1, 2, 3)).item() == 0          # one sample: its views are all positives, nothing to contrast
+    assert supcon_loss(torch.randn(5, 3)).item() == 0             # one view each: no positive at all
+    assert supcon_loss(x, mask=torch.ones(7, 7)).item() == 0      # every pair positive: no negative
+
+
+@pytest.mark.parametrize('call, err, match', [
+    (lambda: supcon_loss(torch.randn(4, 2, 3), torch.arange(4), mask=torch.eye(4)), ValueError, 'labels or mask, not both'),
+    (lambda: SupConLoss()(torch.randn(4, 2, 3), torch.arange(4), torch.eye(4)), ValueError, 'labels or mask, not both'),
+    (lambda: supcon_loss(torch.randn(4, 2, 3), mask=torch.eye(3)), ValueError, r'\(B, B\) tensor over the B = 4'),
+    (lambda: supcon_loss(torch.randn(4, 2, 3), mask=torch.eye(4) * 0.5), ValueError, 'only 0 and 1'),
+    (lambda: supcon_loss(torch.randn(4, 2, 3), mask=torch.eye(4).tolist()), TypeError, 'mask must be a torch.Tensor'),
+    (lambda: supcon_loss(torch.randn(4, 2, 3), mask=torch.eye(4), gather=True), ValueError, 'with gather=True give labels'),
+    (lambda: supcon_loss(torch.randn(4, 2, 3, device='meta'), mask=torch.eye(4), validate_args=False), ValueError, 'mask is on cpu'),
+    (lambda: SupConLoss(base_temperature=0), ValueError, 'base_temperature'),
+    (lambda: supcon_loss(torch.randn(4, 3), base_temperature='0.07'), TypeError, 'base_temperature'),
+])
+def test_bad_mask_and_base_temperature(call, err, match):
+    with pytest.raises(err, match=match): call()
+
+
+def test_mask_value_check_is_switchable():
+    x, m = torch.randn(4, 2, 3), torch.eye(4) * 0.5
+    assert torch.isfinite(supcon_loss(x, mask=m, validate_args=False))      # unchecked: nonzero entries are positives
+    torch.testing.assert_close(supcon_loss(x, mask=m, validate_args=False), supcon_loss(x, mask=torch.eye(4)))
 
 
 def test_contrast_mode_one_is_first_view_anchors():
@@ -356,3 +464,27 @@ def test_labels_on_another_device_name_the_labels():
     x, y = torch.randn(4, 3, device='meta'), torch.tensor([0, 0, 1, 1])
     for call in (lambda: supcon_loss(x, y), lambda: SupConLoss()(x[:, None].expand(4, 2, 3), y)):
         with pytest.raises(ValueError, match='labels are on cpu but embeddings are on meta'): call()
+
+
+# ---------------------------------------------------------------- without labels across processes
+def simclr_worker(x):
+    "This process's shard of views: SupConLoss(gather=True) without labels, its gradient, and the rows."
+    from silhouette_nb.process_group import shard_rows
+    rows = shard_rows(len(x))
+    xs = x[rows].clone().requires_grad_()
+    loss = supcon_loss(xs, gather=True, variant='in', chunk_size=3) + SupConLoss(gather=True, base_temperature=0.07)(xs)
+    g, = torch.autograd.grad(loss, xs)
+    return loss.item(), g, rows
+
+
+def test_gather_without_labels_is_simclr_of_the_global_batch():
+    "Each sample its own class in the *global* batch: codes from the gathered rows, not 0..B_r-1 on every process."
+    from silhouette_nb.process_group import launch
+    torch.manual_seed(0)
+    x = torch.randn(10, 2, 4, dtype=torch.float64)
+    xg = x.clone().requires_grad_()
+    ref = supcon_loss(xg, variant='in') + SupConLoss(base_temperature=0.07)(xg)
+    g_ref, = torch.autograd.grad(ref, xg)
+    for v, g, rows in launch(simclr_worker, 2, x, threads=1, timeout=300):
+        assert abs(v - ref.item()) < 1e-12
+        assert (g - 2 * g_ref[rows]).abs().max() < 1e-12          # W times: DDP's mean over the 2 processes undoes it
