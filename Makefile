@@ -2,9 +2,11 @@
 #   make test       the whole suite (what CI runs)
 #   make bench      the speed / memory benchmarks, the objectives' training steps included (print ratios, assert nothing)
 #   make gpu-check  every GPU path in <= 8 min on one GPU: table + benchmarks/out/gpu_check.json (one line without CUDA)
-#   make reproduce  the quick experiment suite (CPU, <= 20 min) and its report in results/quick/
-#   make study      the full-size study (CPU, 2 cores, <= 2.5 h, resumable) in results/standard/
-#   make evidence   the evidence suites: data-scarce regime, the term's variants, unseen classes (CPU, 2 workers, resumable) in results/evidence/
+#   make reproduce  the quick experiment suite (CPU; 3-8 min measured on 2 cores, sized for <= 20) and its report in
+#                   results/quick/; exits non-zero, saying how many runs are missing, unless every run is recorded
+#   make study      the full-size study (CPU, 2 cores: 1.3 h of wall time measured, resumable) in results/standard/
+#   make evidence   the evidence suites: data-scarce regime, the term's variants, unseen classes (CPU, 2 workers: 1.2 h of
+#                   wall time measured, resumable) in results/evidence/
 #   make readme     regenerate README.md from nbs/index.ipynb (offline, no Quarto)
 SHELL  := /bin/bash
 PYTHON ?= python3
@@ -75,12 +77,21 @@ docs: venv
 	$(PY) docs/build.py
 
 # The `quick` suite on the CPU (resumable: re-running skips the runs already recorded), then its report.
-# Without Fashion-MNIST (see `data`) its runs are skipped with a message and the rest runs.
+# Without Fashion-MNIST (see `data`) its runs are skipped with a message and the rest runs; the report shows what ran,
+# and the last line says how many of the suite's runs are missing (exit status 1) - never a silent success.
+# QUICK_ARGS narrows or changes the suite (e.g. QUICK_ARGS="--datasets digits"), QUICK_OUT moves it.
+QUICK_OUT  ?= results/quick
+QUICK_ARGS ?=
 reproduce: venv
-	@$(MAKE) --no-print-directory data || echo "reproduce: Fashion-MNIST could not be installed; its runs will be skipped"
-	@$(BIN)/silhouette-nb suite quick --out results/quick; rc=$$?; \
-	  if [ $$rc -ne 130 ]; then $(BIN)/silhouette-nb report results/quick/results.jsonl || rc=1; \
-	  echo "reproduce: results in $(CURDIR)/results/quick/: report.md (tables), curves.png (learning curves), top1.png silhouette.png knn.png nmi.png ari.png (plots), results.jsonl (one row per run), runs/ (a folder per run: config, history, models)"; fi; \
+	@$(MAKE) --no-print-directory data || echo "reproduce: Fashion-MNIST could not be installed (see above); its runs will be skipped"
+	@$(BIN)/silhouette-nb suite quick --out $(QUICK_OUT) $(QUICK_ARGS); rc=$$?; \
+	  if [ $$rc -ne 130 ]; then $(BIN)/silhouette-nb report $(QUICK_OUT)/results.jsonl || rc=1; \
+	  echo "reproduce: results in $(abspath $(QUICK_OUT))/: report.md (tables), curves.png (learning curves), top1.png silhouette.png knn.png nmi.png ari.png (plots), results.jsonl (one row per run), runs/ (a folder per run: config, history, models)"; \
+	  count=$$($(BIN)/silhouette-nb suite quick --out $(QUICK_OUT) $(QUICK_ARGS) --dry-run | tail -1); \
+	  total=$$(echo "$$count" | sed -n 's/^\([0-9]*\) runs; .*/\1/p'); have=$$(echo "$$count" | sed -n 's/^[0-9]* runs; \([0-9]*\) of them .*/\1/p'); \
+	  if [ -z "$$total" ] || [ -z "$$have" ]; then echo "reproduce: FAILED: could not count the recorded runs ($$count)"; rc=1; \
+	  elif [ "$$have" -lt "$$total" ]; then echo "reproduce: FAILED: $$((total - have)) of the $$total runs of the quick suite are missing from $(QUICK_OUT)/results.jsonl (see the messages above; make reproduce runs only those again)"; rc=1; \
+	  else echo "reproduce: all $$total runs of the quick suite recorded"; fi; fi; \
 	  exit $$rc
 
 # The full-size study: its four suites (`silhouette_nb.config.STUDY`) on STUDY_WORKERS processes of one thread each,
@@ -98,16 +109,28 @@ study: venv data
 	echo "study: results in $(CURDIR)/$(STUDY_OUT)/ (results.jsonl, runs/, report.md; each worker's log in worker*.log)"; \
 	$(PY) tools/study_results.py --src $(STUDY_OUT)   # -> nbs/results/standard.jsonl and the run files 20_results reads
 
+# apt-get waits up to APT_WAIT seconds for another apt or dpkg (unattended upgrades, a second `make`) to let go of its
+# lock instead of giving up at once: `install` by apt's own option, `update` by retrying (apt 2.6 does not apply that
+# option to the lock of its package lists).
+APT_WAIT   ?= 900
+APT_GET    := DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=$(APT_WAIT)
+APT_UPDATE  = t0=$$(date +%s); until out=$$($(APT_GET) update 2>&1); do \
+	  case "$$out" in *"Could not get lock"*) ;; *) echo "$$out"; exit 1;; esac; \
+	  if [ $$(( $$(date +%s) - t0 )) -ge $(APT_WAIT) ]; then echo "$$out"; exit 1; fi; \
+	  [ -n "$$said" ] || echo "$@: apt is busy (another apt or dpkg holds its lock): waiting up to $(APT_WAIT) s"; said=1; sleep 2; \
+	done; echo "$$out" | tail -1
+
 # Offline real data: Fashion-MNIST from Debian (installed when run as root; the suite runs without it otherwise).
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 data:
-	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "data: Fashion-MNIST ok"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist; \
+	@if [ -d $(FMNIST_DIR) ]; then echo "data: Fashion-MNIST ok"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then $(APT_UPDATE) && $(APT_GET) install -y dataset-fashion-mnist; \
 	else echo "data: Fashion-MNIST missing and not root: sudo apt-get install dataset-fashion-mnist (tests that need it skip)"; fi
 
 # Chromium + chromedriver for tests/test_docs_browser.py (Debian packages; installed when run as root)
 browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then echo "browser: ok ($$(chromium --version))"; \
-	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then $(APT_UPDATE) && $(APT_GET) install -y chromium chromium-driver; \
 	else echo "browser: chromium/chromedriver missing and not root: sudo apt-get install -y chromium chromium-driver (the docs browser test skips; it fails under CI=true)"; fi
 
 # The evidence suites (`silhouette_nb.config.EVIDENCE`): like `study`, on EVIDENCE_WORKERS one-thread processes sharing one

@@ -244,7 +244,8 @@ def _running_md():
     scripts = proj.get('scripts', {})
     def target(t): return re.search(rf'^{re.escape(t)}\s*:', mk, re.MULTILINE) is not None
     rows = [('`make test`', target('test')), ('`make bench`', target('bench')),
-            ('`make reproduce`', target('reproduce')), ('`make docs`', target('docs')),
+            ('`make reproduce`', target('reproduce')), ('`make study`', target('study')),
+            ('`make gpu-check`', target('gpu-check')), ('`make docs`', target('docs')),
             ('`silhouette-nb` command', 'silhouette-nb' in scripts)]
     table = '| command | available in this build |\n| --- | --- |\n' + '\n'.join(
         f'| {n} | {"yes" if ok else "**not yet** (planned)"} |' for n, ok in rows)

@@ -46,6 +46,7 @@ html_theme = 'sphinx_book_theme'
 html_title = 'silhouette_nb'
 html_static_path = ['_static', str(DOCS/'_build'/'static')]   # the latter: MathJax, staged by build.py
 html_css_files = ['custom.css']
+html_js_files = ['fit.js']        # tables and display equations wider than the column are scaled to fit
 html_favicon = '_static/favicon.svg'
 html_last_updated_fmt = None
 html_copy_source = True

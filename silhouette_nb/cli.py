@@ -122,6 +122,18 @@ def make_parser()->argparse.ArgumentParser:
     rp.add_argument('--out', default=None, help="folder of the report (default: the results file's folder)")
     return p
 
+# %% ../nbs/16_cli.ipynb #a8984d17
+import signal, threading
+from contextlib import contextmanager
+
+@contextmanager
+def _sigint_raises():
+    "SIGINT raises `KeyboardInterrupt` inside the block, even if it came in ignored; the old handler is restored after."
+    if threading.current_thread() is not threading.main_thread(): yield; return   # only the main thread may set handlers
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try: yield
+    finally: signal.signal(signal.SIGINT, old if old is not None else signal.SIG_DFL)
+
 # %% ../nbs/16_cli.ipynb #5da97d6d
 def _torchrun_nproc()->dict:
     "Under `torchrun` (WORLD_SIZE > 1 in the environment), its number of processes as the runs' `nproc`."
@@ -192,7 +204,8 @@ def main(argv:list|None=None, # arguments (without the program name); `sys.argv[
     log = lambda *a: print(*a, flush=True)
     other_rank = int(os.environ.get('WORLD_SIZE', '1')) > 1 and int(os.environ.get('RANK', '0')) > 0
     cmds = {'run': _cmd_run, 'suite': _cmd_suite, 'report': _cmd_report}
-    try: return cmds[args.command](args, log)
+    try:
+        with _sigint_raises(): return cmds[args.command](args, log)
     except (ValueError, FileNotFoundError, tomllib.TOMLDecodeError) as e:
         if other_rank: return 2   # rank 0 says it
         parser.exit(2, f"silhouette-nb {args.command}: error: {e}\n")

@@ -5,14 +5,15 @@ from 127.0.0.1 on a free port, and crawled once; each test below checks one prop
 no console errors, every image loaded, every internal link (and anchor) resolves, math typeset by the
 local MathJax, an API entry for every name in each module's `__all__`, no request for another host,
 search finds pages, and every page renders what its notebook says (`rendering_problems`: no MyST or
-Markdown syntax shown as text, no empty code block, no code cut off; source code wraps). Small hand-made
+Markdown syntax shown as text, no empty code block, no code cut off; source code wraps; inline code stays
+inline; no table or display equation wider than its column). Small hand-made
 pages check that `rendering_problems` sees each of those. Screenshots of the home and silhouette pages go
 to `docs/_build/screenshots/`.
 
 Chromium comes from Debian (`apt-get install chromium chromium-driver`). Without it the tests skip,
 except under CI (`CI=true`), where they fail.
 """
-import ast, functools, http.server, json, os, re, shutil, socket, subprocess, sys, tempfile, threading, time
+import ast, functools, http.server, itertools, json, os, re, shutil, socket, subprocess, sys, tempfile, threading, time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import quote, unquote, urljoin, urlsplit
@@ -135,7 +136,7 @@ def _driver():
     opts.set_capability('goog:loggingPrefs', {'browser': 'ALL', 'performance': 'ALL'})
     d = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
     d.profile_dir = profile
-    d.set_page_load_timeout(60); d.set_script_timeout(30)
+    d.set_page_load_timeout(180); d.set_script_timeout(60)   # generous: the test machine may be loaded
     # Chromium's own start-up (its new-tab page tries a remote page first, refused by the proxy) is not
     # the site's doing: start from a blank page and drop what the logs hold so far.
     d.get('about:blank'); time.sleep(0.5)
@@ -234,13 +235,31 @@ for (const pre of document.querySelectorAll('pre')) {
     code.push([`source code running ${pre.scrollWidth - pre.clientWidth}px past the right edge (it should wrap)`,
                where(pre), text]);
 }
-return {prose, code};
+// inline code laid out as a block: the theme's `p.rubric{display:flex;flex-direction:column}` made each code span of a
+// page summary (a rubric) a full-width line of its own
+const blocks = [];
+for (const c of document.querySelectorAll('code')) {
+  if (c.closest('pre') || !visible(c) || getComputedStyle(c).display.startsWith('inline')) continue;
+  blocks.push([`inline code laid out as a block (display: ${getComputedStyle(c).display})`, where(c), c.textContent.trim().slice(0, 40)]);
+}
+// a table or a display equation wider than its column: what does not fit is behind a scrollbar (or cut off), out of
+// sight. Its box is itself when it is a block (an output table, MathJax's container), else its parent.
+const wide = [];
+for (const el of document.querySelectorAll('table, mjx-container[display="true"]')) {
+  if (!visible(el) || el.closest('.bd-sidebar-primary, .bd-sidebar-secondary, .bd-header, .bd-footer')) continue;
+  const box = getComputedStyle(el).display === 'block' ? el : el.parentElement;
+  if (el.scrollWidth > box.clientWidth + 1)
+    wide.push([`${el.tagName === 'TABLE' ? 'a table' : 'a display equation'} ${el.scrollWidth - box.clientWidth}px wider than its column ` +
+               `(${el.scrollWidth}px in ${box.clientWidth}px)`, where(el), el.textContent.trim().replace(/\\s+/g, ' ').slice(0, 40)]);
+}
+return {prose, code: code.concat(blocks, wide)};
 """
 
 def rendering_problems(d):
     """What a reader of the page open in driver `d` would see wrong, one line each: MyST or Markdown syntax
     left as text outside code (`LEAKS`), an empty code block, code cut off (it overflows a box that hides
-    it: it can be neither seen nor scrolled to), or source code that scrolls sideways instead of wrapping."""
+    it: it can be neither seen nor scrolled to), source code that scrolls sideways instead of wrapping,
+    inline code laid out as a block, or a table or display equation wider than its column."""
     r = d.execute_script(_RENDERING)
     where = {t: w for t, w in r['prose']}
     return ([f'{what} shown as text in {where[t]}: {x!r}' for what, t, x in leaked_markup(list(where))] +
@@ -418,6 +437,24 @@ def test_quarto_config_is_nbdevs():
     for css in [q['format']['html'].get('css')] if q['format']['html'].get('css') else []:
         assert (NBS/css).exists(), f'nbs/_quarto.yml names {css}, which is missing'
 
+def test_pages_name_only_notebooks_that_exist(crawl):
+    "A notebook named on a page (`07_experiments`, `16_cli`) is one of nbs/: no page points to one renamed or removed."
+    _, _, res = crawl
+    have = {p.stem for p in NBS.glob('*.ipynb')}
+    bad = {p: sorted(set(m) - have) for p, f in res['pages'].items()
+           if (m := re.findall(r'(?<![\w./-])(\d{2}[a-z]?_[a-z][a-z0-9_]*)(?![\w-])', f['text'])) and set(m) - have}
+    assert not bad, f'pages name notebooks that nbs/ does not have: {bad}'
+
+def test_running_page_explains_every_make_target(crawl):
+    "Each target the Makefile's header lists (`#   make study  ...`) is explained on the running page."
+    _, _, res = crawl
+    header = '\n'.join(itertools.takewhile(lambda l: l.startswith('#'), (ROOT/'Makefile').read_text().splitlines()))
+    targets = re.findall(r'^#\s+make ([\w-]+)', header, re.MULTILINE)
+    assert {'test', 'reproduce', 'study', 'gpu-check'} <= set(targets), targets
+    text = res['pages']['running.html']['text']
+    missing = [t for t in targets if f'make {t}' not in text]
+    assert not missing, f'running.md does not explain: {", ".join("make " + t for t in missing)}'
+
 # ---------------------------------------------------------------------------------------------
 # the rendering check, on every page of the site and on small pages made to fail it
 
@@ -483,3 +520,28 @@ def f(x): return a_function_with_a_long_name(x, another_argument, yet_another_ar
     assert about('source-scrolls') and 'should wrap' in about('source-scrolls')[0], found
     assert not about('output-scrolls') and not about('source-wraps'), found
     assert len(found) == 4, found
+
+
+def test_rendering_check_sees_blocks_and_wide_boxes(browser):
+    """A page summary laid out as the theme lays out a rubric (a flex column: each code span a block of its own), and a
+    table and an equation wider than their column, as on the cli, results and objectives pages before the fix; the
+    same summary, table and equation that fit are not reported."""
+    found = _problems_of(browser, """<style>body { font: 16px sans-serif; } .col { width: 400px; }
+          p.rubric { display: flex; flex-direction: column; } .block-table { display: block; overflow-x: auto; }
+          mjx-container[display="true"] { display: block; overflow-x: auto; }</style><div class="col">
+        <p class="page-summary rubric">The <code>silhouette-nb</code> console script</p>
+        <p class="page-summary rubric" style="display: block">fastai <code>DataLoaders</code> for digits</p>
+        <table class="block-table wide-output"><tr><td>verdict</td><td>claim</td><td>dataset</td><td>metric</td>
+          <td>seeds</td><td>baseline</td><td>treatment</td><td>difference</td><td>interval</td></tr></table>
+        <div class="table-wrapper"><table class="wide-markdown"><tr><td>a_long_unbreakable_name_of_a_setting</td>
+          <td>another_long_unbreakable_name</td></tr></table></div>
+        <table class="block-table fits"><tr><td>name</td><td>value</td></tr></table>
+        <div class="math"><mjx-container display="true" class="eq-wide"><svg width="700" height="20"></svg></mjx-container></div>
+        <div class="math"><mjx-container display="true" class="eq-fits"><svg width="300" height="20"></svg></mjx-container></div></div>""")
+    print('\n'.join(found))
+    def about(what): return [x for x in found if what in x]
+    assert len(about('inline code laid out as a block')) == 1 and "'silhouette-nb'" in about('laid out as a block')[0], found
+    assert about('table.block-table.wide-output') and 'a table' in about('wide-output')[0], found
+    assert about('table.wide-markdown') and 'wider than its column' in about('wide-markdown')[0], found
+    assert about('mjx-container.eq-wide') and 'a display equation 300px wider than its column' in about('eq-wide')[0], found
+    assert not about('fits') and len(found) == 4, found
