@@ -30,8 +30,8 @@ def head_call(compute, # trusted function of (h, W, **kwargs) or (h, W, labels, 
         h, W, y = check_corel_batch(h, W, labels, validate_args)
         out = compute(h, W, **kwargs) if labels is None else compute(h, W, y, **kwargs)
     if validating(validate_args) and out.is_floating_point() and not bool(torch.isfinite(out).all()):   # finite inputs, so an overflow
-        raise ValueError(f"the result overflows {out.dtype}: the embeddings reach magnitude {float(h.abs().max()):.3g} and the class "
-                         f"vectors {float(W.abs().max()):.3g}; scale them down")
+        raise ValueError(f"the result overflows {out.dtype}: the embeddings reach magnitude {float(h.detach().abs().max()):.3g} and the class "
+                         f"vectors {float(W.detach().abs().max()):.3g}; scale them down")
     return out
 
 # %% ../nbs/05_heads.ipynb #8c4f0b3a

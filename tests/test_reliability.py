@@ -1,0 +1,251 @@
+"""Nothing lost, nothing silent (issue 19): a full disk while a model is saved keeps the run's row; a read-only run
+folder is refused before training; a failing or diverging run is one line; a damaged run folder is one error naming
+the file; labels on another device, heads far from the origin; the lock file of the claims goes with its last user.
+
+Tests run as root here, and root ignores `chmod`: a folder that cannot be written is simulated where needed by making
+the writes in it fail (`tempfile.NamedTemporaryFile` and `Path.write_text` raising `PermissionError` there), or, where
+the test is about the path, by a file standing where the folder should be (which fails for root too).
+"""
+import json, os, shutil, subprocess, sys, tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from silhouette_nb.config import RunConfig
+from silhouette_nb import runner
+from silhouette_nb.runner import run_configs, read_rows, load_run, run_folder_config, RunClaims
+
+TINY = dict(epochs=1, n_train=200, n_valid=100)
+pytestmark = pytest.mark.usefixtures('restore_threads')   # tests/conftest.py
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "One finished run (digits, mlp, ce, 1 epoch, 200 samples) and its folder."
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp('trained')
+    cfg = RunConfig('digits', 'mlp', 'ce', **TINY)
+    res = run_configs([cfg], out/'results.jsonl', device='cpu', progress=False, log=lambda *a: None)
+    assert res['ran'] == 1
+    return cfg, out/'runs'/cfg.key
+
+
+# ---------------------------------------------------------------- a full disk while a model is written
+def test_a_full_disk_while_saving_keeps_the_row_and_leaves_no_partial_model(tmp_path, monkeypatch):
+    real = torch.save
+    def full(obj, f, *a, **k):   # writes part of the file, then fails as torch does on a full disk
+        if str(f).endswith('.tmp'): Path(f).write_bytes(b'PK\x03\x04 half a model')
+        raise RuntimeError('[enforce fail at inline_container.cc:664] . unexpected pos 2048 vs 1994: No space left on device')
+    monkeypatch.setattr(torch, 'save', full)
+    lines = []
+    cfg = RunConfig('digits', 'mlp', 'ce', **TINY)
+    res = run_configs([cfg], tmp_path/'results.jsonl', device='cpu', progress=False, log=lines.append)
+    monkeypatch.setattr(torch, 'save', real)
+    assert res['ran'] == 1 and res['failed'] == []
+    (row,) = read_rows(tmp_path/'results.jsonl')
+    assert row['key'] == cfg.key and row['unsaved'] == ['model_last.pkl', 'model_best.pkl'] and row['top1'] is not None
+    run = tmp_path/'runs'/cfg.key
+    assert sorted(p.name for p in run.iterdir()) == ['config.json', 'history.jsonl', 'row.json']   # no .pkl, no .tmp
+    assert any('could not write model_last.pkl' in l and 'No space left on device' in l for l in lines), lines
+    assert any('not saved: model_last.pkl, model_best.pkl' in l for l in lines), lines
+    assert not any('Traceback' in l for l in lines)
+
+
+# ---------------------------------------------------------------- folders that cannot be written: refused before training
+def _no_training(monkeypatch):
+    def never(*a, **k): raise AssertionError('trained although the run folder cannot be written')
+    monkeypatch.setattr(runner, 'train_and_evaluate', never)
+
+
+def test_runs_folder_that_is_a_file_is_refused_before_training(tmp_path, monkeypatch):
+    _no_training(monkeypatch)
+    (tmp_path/'runs').write_text('not a folder')
+    with pytest.raises(ValueError, match=r"the run folders' folder .*runs is a file"):
+        run_configs([RunConfig('digits', 'mlp', 'ce', **TINY)], tmp_path/'results.jsonl', device='cpu', progress=False)
+
+
+def _unwritable(monkeypatch, folder):
+    "Writes into `folder` fail with EACCES, as in a read-only folder (chmod does not stop root)."
+    folder = Path(folder).resolve()
+    if os.geteuid() != 0:
+        folder.chmod(0o500); return lambda: folder.chmod(0o700)
+    real = tempfile.NamedTemporaryFile
+    def ntf(*a, dir=None, **k):
+        if dir is not None and Path(dir).resolve() == folder: raise PermissionError(13, 'Permission denied', str(dir))
+        return real(*a, dir=dir, **k)
+    monkeypatch.setattr(tempfile, 'NamedTemporaryFile', ntf)
+    return lambda: None
+
+
+@pytest.mark.parametrize('which', ['runs', 'run folder'])
+def test_a_read_only_folder_is_refused_before_training_in_one_line(tmp_path, monkeypatch, capsys, which):
+    cfg = RunConfig('digits', 'mlp', 'ce', **TINY)
+    folder = tmp_path/'runs' if which == 'runs' else tmp_path/'runs'/cfg.key
+    folder.mkdir(parents=True)
+    _no_training(monkeypatch)
+    restore = _unwritable(monkeypatch, folder)
+    from silhouette_nb.cli import main
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(['run', '--dataset', 'digits', '--encoder', 'mlp', '--objective', 'ce', '--epochs', '1', '--n-train', '200',
+                  '--n-valid', '100', '--device', 'cpu', '--no-bar', '--out', str(tmp_path)])
+    finally: restore()
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'cannot write in the run folder' in err and 'Permission denied' in err, err
+
+
+# ---------------------------------------------------------------- a diverging run: one line, the epoch and the step
+@pytest.mark.parametrize('validate', [True, False])
+def test_a_diverging_run_is_one_line_naming_epoch_and_step(tmp_path, validate):
+    from silhouette_nb.validation import set_default_validate_args
+    set_default_validate_args(validate)
+    lines = []
+    try: res = run_configs([RunConfig('digits', 'mlp', 'ce', epochs=1, lr=1e6)], tmp_path/'results.jsonl', device='cpu',
+                           progress=False, log=lines.append)
+    finally: set_default_validate_args(True)
+    ((key, why),) = res['failed']
+    assert why.startswith('Diverged: the training diverged:') and 'at epoch 1, step ' in why and 'Exception occured' not in why, why
+    failed = [l for l in lines if l.startswith('FAILED')]
+    assert len(failed) == 1 and '\n' not in failed[0] and 'Traceback' not in ''.join(lines)
+    assert 'Traceback' in (tmp_path/'runs'/key/'traceback.txt').read_text()
+    assert read_rows(tmp_path/'results.jsonl') == []
+
+
+def test_the_command_line_says_a_diverging_run_in_one_line(tmp_path, capsys):
+    from silhouette_nb.cli import main
+    rc = main(['run', '--dataset', 'digits', '--encoder', 'mlp', '--objective', 'ce', '--epochs', '1', '--lr', '1e6',
+               '--device', 'cpu', '--no-bar', '--out', str(tmp_path)])
+    out = capsys.readouterr()
+    assert rc == 1 and 'Traceback' not in out.out + out.err
+    (line,) = [l for l in out.out.splitlines() if l.startswith('FAILED')]
+    assert 'became NaN or infinite at epoch 1, step' in line
+
+
+# ---------------------------------------------------------------- a damaged run folder: one error naming the file
+def _damaged(trained, tmp_path, fix):
+    cfg, run = trained
+    d = tmp_path/cfg.key
+    shutil.copytree(run, d)
+    fix(d)
+    return d
+
+
+@pytest.mark.parametrize('damage,match', [
+    (lambda d: (d/'model_last.pkl').write_bytes((d/'model_last.pkl').read_bytes()[:5000]), 'model_last.pkl is not a readable model'),
+    (lambda d: (d/'model_last.pkl').write_bytes(b''), 'model_last.pkl is empty'),
+    (lambda d: (d/'model_last.pkl').write_bytes(os.urandom(3000)), 'model_last.pkl is not a readable model'),
+    (lambda d: (d/'model_last.pkl').write_bytes(b'\x80\x04garbage'), 'model_last.pkl is not a readable model'),
+    (lambda d: (d/'config.json').write_text((d/'config.json').read_text()[:40]), 'config.json is not valid JSON'),
+    (lambda d: (d/'config.json').write_text(''), 'config.json is not valid JSON'),
+    (lambda d: (d/'config.json').write_text('[1, 2]'), "config.json is not a run's configuration"),
+], ids=['truncated model', 'empty model', 'random bytes', 'garbage pickle', 'truncated config', 'empty config', 'config not an object'])
+def test_load_run_on_a_damaged_folder_is_one_error_naming_the_file(trained, tmp_path, damage, match):
+    d = _damaged(trained, tmp_path, damage)
+    with pytest.raises(ValueError, match=match) as e: load_run(d)
+    assert str(d) in str(e.value) and '\n' not in str(e.value)
+
+
+def test_a_config_edited_to_another_key_is_an_error(trained, tmp_path):
+    def edit(d):
+        c = json.loads((d/'config.json').read_text()); c['config']['epochs'] = 2
+        (d/'config.json').write_text(json.dumps(c))
+    d = _damaged(trained, tmp_path, edit)
+    with pytest.raises(ValueError, match='it was edited'): load_run(d)
+    def rekey(d):   # the key rewritten to match: the folder's name still tells
+        c = json.loads((d/'config.json').read_text()); c['config']['epochs'] = 2
+        c['key'] = RunConfig.from_dict(c['config']).key; (d/'config.json').write_text(json.dumps(c))
+    d2 = _damaged(trained, tmp_path/'again', rekey)
+    with pytest.raises(ValueError, match='sits in the run folder of'): load_run(d2)
+
+
+def test_load_run_still_loads_a_sound_folder(trained):
+    cfg, run = trained
+    learn = load_run(run)
+    assert learn.run_config == cfg and run_folder_config(run) == cfg
+
+
+# ---------------------------------------------------------------- the objective: labels on another device
+@pytest.mark.parametrize('spec', ['ce', 'ce+sil', 'ce+center', 'corel-gaussian', 'ce+sil+supcon'])
+def test_labels_on_another_device_are_refused_before_their_values_are_read(spec):
+    from silhouette_nb.objectives import make_objective
+    x = torch.randn(16, 16)
+    out = {'logits': x[:, :4], 'features': x}
+    with pytest.raises(ValueError, match='labels are on meta but the outputs are on cpu'):
+        make_objective(spec, 4, 16)(out, (torch.arange(16) % 4).to('meta'))
+
+
+# ---------------------------------------------------------------- heads far from the origin
+def test_gaussian_corel_at_1e20_is_finite_and_predicts_as_at_unit_scale():
+    from silhouette_nb.corel import GaussianCOREL, gaussian_corel_loss
+    from silhouette_nb.objectives import make_objective
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 16), torch.arange(32) % 4
+    head = GaussianCOREL(4, 16)
+    for s in (1e20, 1e30):
+        assert torch.isfinite(head(x * s, y)) and torch.equal(head.predict(x * s), head.predict(x * 1e4))
+        obj = make_objective('corel-gaussian', 4, 16)
+        assert torch.isfinite(obj({'features': x * s}, y)['loss'])
+    W = torch.randn(4, 16, dtype=torch.float64)   # the rewritten loss is the loss, at every attraction weight
+    for lam in (0., 0.3, 0.5, 1.):
+        ref = lam * (0.5 * torch.cdist(x.double(), W) ** 2).gather(1, y[:, None])[:, 0] + (1 - lam) * torch.logsumexp(-0.5 * torch.cdist(x.double(), W) ** 2, 1)
+        torch.testing.assert_close(gaussian_corel_loss(x.double(), W, y, 0.5, attraction=lam), ref.mean())
+
+
+def test_center_loss_beyond_float32_is_one_error_not_inf():
+    from silhouette_nb.heads import CenterLoss, center_loss
+    x, y = torch.randn(8, 4), torch.arange(8) % 2
+    with pytest.raises(ValueError, match='overflows torch.float32'): CenterLoss(2, 4)(x * 1e20, y)
+    assert torch.isfinite(center_loss(x * 1e17, torch.zeros(2, 4), y))
+
+
+def test_an_old_name_with_its_new_one_is_an_error():
+    from silhouette_nb.corel import GaussianCOREL, CosineCOREL, attractive_repulsive
+    for cls in (GaussianCOREL, CosineCOREL):
+        with pytest.raises(TypeError, match='both `lam` and `attraction`'): cls(4, 16, lam=0.3, attraction=0.2)
+    with pytest.raises(TypeError, match='both `lam` and `attraction`'): attractive_repulsive(torch.ones(2), torch.ones(2), attraction=0.2, lam=0.3)
+    with pytest.warns(DeprecationWarning): assert GaussianCOREL(4, 16, lam=0.3).attraction == 0.3
+
+
+# ---------------------------------------------------------------- the claims' lock file
+CLAIM = """
+import sys, time
+from silhouette_nb.runner import RunClaims
+with RunClaims(sys.argv[1]) as c:
+    print(c.claim('0123456789ab'), flush=True)
+    if sys.argv[2] == 'wait': sys.stdin.readline()   # until the test says so
+"""
+
+
+def test_the_lock_file_goes_with_its_last_user_and_never_splits_the_claims(tmp_path):
+    res = tmp_path/'results.jsonl'
+    slow = subprocess.Popen([sys.executable, '-c', CLAIM, str(res), 'wait'], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert slow.stdout.readline().strip() == 'True'
+    quick = subprocess.run([sys.executable, '-c', CLAIM, str(res), 'now'], capture_output=True, text=True)
+    assert quick.stdout.strip() == 'False'                          # one file: the slow one's claim holds
+    assert (tmp_path/'results.jsonl.lock').exists()                 # the slow process still uses it
+    slow.communicate('go\n', timeout=60)
+    assert not (tmp_path/'results.jsonl.lock').exists()             # its last user removed it
+    with RunClaims(res) as c:                                       # and the next list makes a new one
+        assert c.claim('0123456789ab') and (tmp_path/'results.jsonl.lock').exists()
+    assert not (tmp_path/'results.jsonl.lock').exists()
+
+
+def test_many_processes_entering_and_leaving_never_claim_one_run_twice(tmp_path):
+    "Four processes each enter, claim the same key, hold it briefly and leave, many times: no two hold it at once."
+    script = """
+import sys, time, os
+from silhouette_nb.runner import RunClaims
+log = open(sys.argv[2], 'a')
+for _ in range(30):
+    with RunClaims(sys.argv[1]) as c:
+        if c.claim('00000000000f'):
+            fd = os.open(sys.argv[3], os.O_CREAT | os.O_EXCL | os.O_WRONLY)   # fails if another process holds the claim too
+            time.sleep(0.002); os.close(fd); os.unlink(sys.argv[3]); c.release('00000000000f')
+"""
+    procs = [subprocess.Popen([sys.executable, '-c', script, str(tmp_path/'r.jsonl'), str(tmp_path/'log'), str(tmp_path/'held')],
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errs
+    assert not (tmp_path/'r.jsonl.lock').exists()
