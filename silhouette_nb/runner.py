@@ -241,9 +241,9 @@ def load_run(run_dir:str|Path, # a run folder, OUT/runs/<key>
     "The learner saved by a run, with `load_learner` (which unpickles: load only run folders you trust); `learn.run_config` is its `RunConfig`."
     run_dir = Path(run_dir)
     check_choice(which, 'which', ('last', 'best'))
-    cfg = run_folder_config(run_dir)
     f = run_dir/f'model_{which}.pkl'
     if not f.exists(): raise FileNotFoundError(f"no {which} model in {run_dir} (was the run made with save_model='none' or '{'best' if which == 'last' else 'last'}'?)")
+    cfg = run_folder_config(run_dir)
     if f.stat().st_size == 0: raise ValueError(f"{f} is empty (0 bytes): the model was not saved; run the configuration again")
     try:
         with warnings.catch_warnings():   # fastai's reminder that pickles run code: the docstring says it

@@ -6,7 +6,7 @@ Tests run as root here, and root ignores `chmod`: a folder that cannot be writte
 the writes in it fail (`tempfile.NamedTemporaryFile` and `Path.write_text` raising `PermissionError` there), or, where
 the test is about the path, by a file standing where the folder should be (which fails for root too).
 """
-import json, os, shutil, subprocess, sys, tempfile
+import json, math, os, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
 import pytest
@@ -249,3 +249,103 @@ for _ in range(30):
     errs = [p.communicate(timeout=120)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errs
     assert not (tmp_path/'r.jsonl.lock').exists()
+
+
+# ---------------------------------------------------------------- the report: damaged histories, odd values, its folder
+def _rows(tmp_path, values, suite=None, objective='ce', histories=True):
+    "A results file of hand-made rows (digits mlp `objective`, one per seed), with a two-epoch history per run."
+    from dataclasses import asdict
+    res = tmp_path/'results.jsonl'
+    with open(res, 'w') as f:
+        for seed, v in enumerate(values):
+            c = RunConfig('digits', 'mlp', objective, seed=seed, **TINY)
+            f.write(json.dumps({'key': c.key, 'suite': suite, 'dataset': 'digits', 'encoder': 'mlp', 'objective': objective,
+                                'seed': seed, 'top1': v, 'silhouette': 0.5, 'sec_per_epoch': 1.0, 'config': asdict(c)}) + '\n')
+            if histories:
+                (tmp_path/'runs'/c.key).mkdir(parents=True)
+                (tmp_path/'runs'/c.key/'history.jsonl').write_text(''.join(json.dumps({'stage': 1, 'epoch': e, 'top1': v, 'silhouette': 0.5}) + '\n' for e in (1, 2)))
+    return res, [RunConfig('digits', 'mlp', objective, seed=s, **TINY).key for s in range(len(values))]
+
+
+@pytest.mark.parametrize('damage,says', [
+    (lambda h: h.write_text('[1, 2]\n'), 'line 1 is not a JSON object'),
+    (lambda h: h.write_text('{"stage": 1, "epoch": 1, "top1": 0.5}\n{"stage": 1, "ep'), 'line 2 is not JSON'),
+    (lambda h: (h.unlink(), h.mkdir()), 'a folder, not a file'),
+], ids=['not an object', 'torn', 'a folder'])
+def test_a_bad_history_leaves_out_that_curve_with_a_note(tmp_path, damage, says):
+    from silhouette_nb.report import write_report, curves
+    res, keys = _rows(tmp_path, [0.9, 0.8, 0.85])
+    damage(tmp_path/'runs'/keys[1]/'history.jsonl')
+    md = write_report(res).read_text()
+    assert f"**Curves left out**: {tmp_path/'runs'/keys[1]/'history.jsonl'}: {says}" in md
+    notes = []
+    cur = curves(read_rows(res), tmp_path/'runs', notes=notes)
+    assert cur[('digits', 'mlp', 'ce')]['n'] == 2 and len(notes) == 1   # the other two runs' curves are there
+
+
+def test_nan_and_inf_in_rows_are_shown_and_counted_not_hiding_the_others(tmp_path):
+    from silhouette_nb.report import write_report, summarize
+    res, _ = _rows(tmp_path, [0.9, math.nan, 0.8, math.inf], histories=False)
+    s = summarize(read_rows(res))[('digits', 'mlp', 'ce')]
+    assert math.isclose(s['top1'][0], 0.85) and s['nonfinite']['top1'] == ['NaN', '+inf']
+    md = write_report(res).read_text()
+    assert '| ce | 85.00 ± 7.07 (n=2; and 1 NaN, 1 +inf) |' in md, md
+    assert '**Not finite**: 2 values of the rows are NaN or ±inf' in md
+    res2, _ = _rows(tmp_path/'b', [math.nan, math.nan], histories=False)
+    assert '| ce | 2 NaN |' in write_report(res2).read_text()
+
+
+def test_report_title_axis_and_labels(tmp_path):
+    from silhouette_nb.report import write_report, plot_curves, curves, plot_metric, summarize
+    from PIL import Image
+    res, _ = _rows(tmp_path, [0.87, 0.88])
+    md = write_report(res).read_text()
+    assert md.startswith(f"# Results: single runs in `{tmp_path.name}`") and 'None' not in md.splitlines()[0]
+    fig = plot_curves(curves(read_rows(res), tmp_path/'runs'))
+    assert fig.axes[1].get_xlabel() == 'epoch'                     # one stage: no "(both stages)"
+    ylim = json.loads(Image.open(tmp_path/'top1.png').text['Description'])['ylim']
+    assert 80 < ylim[0] < 87 and 88 < ylim[1] < 95, ylim            # zoomed to 87-88 %, not from 0
+    assert f"y axis {ylim[0]:.1f}" in plot_metric(summarize(read_rows(res)), 'top1').axes[0].get_title()
+    res2, _ = _rows(tmp_path/'sc', [0.5], objective='supcon')
+    hist = tmp_path/'sc'/'runs'/RunConfig('digits', 'mlp', 'supcon', **TINY).key/'history.jsonl'
+    hist.write_text(hist.read_text() + json.dumps({'stage': 2, 'epoch': 1, 'top1': 0.5}) + '\n')
+    assert plot_curves(curves(read_rows(res2), tmp_path/'sc'/'runs')).axes[1].get_xlabel() == 'epoch (both stages)'
+
+
+def test_the_report_lists_the_runs_its_suite_expected(tmp_path):
+    from dataclasses import asdict
+    from silhouette_nb.config import QUICK
+    from silhouette_nb.report import write_report
+    cfgs = QUICK.configs()
+    res = tmp_path/'results.jsonl'
+    res.write_text(''.join(json.dumps({'key': c.key, 'suite': 'quick', 'dataset': c.dataset, 'encoder': c.encoder,
+                                       'objective': c.objective, 'seed': c.seed, 'top1': 0.9, 'config': asdict(c)}) + '\n'
+                           for c in cfgs if not (c.dataset == 'mnist1d' and c.seed == 1)))
+    md = write_report(res).read_text()
+    assert md.startswith('# Results: `quick`')
+    assert '**Missing runs**: 9 of the 81 runs of suite `quick` have no row:' in md
+    assert '- mnist1d cnn ce+sil seed=1' in md and '- digits cnn ce seed=1' not in md
+
+
+def _report_main(args, capsys):
+    from silhouette_nb.cli import main
+    with pytest.raises(SystemExit) as e: main(['report', *args])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and 'Traceback' not in err, err
+    return err
+
+
+def test_report_out_that_is_a_file_read_only_or_full_is_one_line(tmp_path, monkeypatch, capsys):
+    res, _ = _rows(tmp_path, [0.9, 0.8])
+    (tmp_path/'afile').write_text('')
+    assert 'the report folder' in _report_main([str(res), '--out', str(tmp_path/'afile')], capsys)
+    (tmp_path/'ro').mkdir()
+    restore = _unwritable(monkeypatch, tmp_path/'ro')
+    try: assert 'cannot write in the report folder' in _report_main([str(res), '--out', str(tmp_path/'ro')], capsys)
+    finally: restore()
+    monkeypatch.undo()
+    from matplotlib.figure import Figure
+    def full(self, fname, *a, **k): raise OSError(28, 'No space left on device', str(fname))
+    monkeypatch.setattr(Figure, 'savefig', full)
+    err = _report_main([str(res), '--out', str(tmp_path/'full')], capsys)
+    assert 'cannot write the report in' in err and 'No space left on device' in err
