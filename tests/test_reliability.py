@@ -256,6 +256,7 @@ def _rows(tmp_path, values, suite=None, objective='ce', histories=True):
     "A results file of hand-made rows (digits mlp `objective`, one per seed), with a two-epoch history per run."
     from dataclasses import asdict
     res = tmp_path/'results.jsonl'
+    tmp_path.mkdir(parents=True, exist_ok=True)
     with open(res, 'w') as f:
         for seed, v in enumerate(values):
             c = RunConfig('digits', 'mlp', objective, seed=seed, **TINY)
@@ -276,11 +277,12 @@ def test_a_bad_history_leaves_out_that_curve_with_a_note(tmp_path, damage, says)
     from silhouette_nb.report import write_report, curves
     res, keys = _rows(tmp_path, [0.9, 0.8, 0.85])
     damage(tmp_path/'runs'/keys[1]/'history.jsonl')
-    md = write_report(res).read_text()
-    assert f"**Curves left out**: {tmp_path/'runs'/keys[1]/'history.jsonl'}: {says}" in md
     notes = []
     cur = curves(read_rows(res), tmp_path/'runs', notes=notes)
     assert cur[('digits', 'mlp', 'ce')]['n'] == 2 and len(notes) == 1   # the other two runs' curves are there
+    assert notes[0].startswith(f"{tmp_path/'runs'/keys[1]/'history.jsonl'}: {says}")
+    if says.startswith('line 1'):   # the report carries the note (one report is enough: they are slow to draw)
+        assert f"**Curves left out**: {notes[0]}" in write_report(res).read_text()
 
 
 def test_nan_and_inf_in_rows_are_shown_and_counted_not_hiding_the_others(tmp_path):
@@ -349,3 +351,89 @@ def test_report_out_that_is_a_file_read_only_or_full_is_one_line(tmp_path, monke
     monkeypatch.setattr(Figure, 'savefig', full)
     err = _report_main([str(res), '--out', str(tmp_path/'full')], capsys)
     assert 'cannot write the report in' in err and 'No space left on device' in err
+
+
+# ---------------------------------------------------------------- suite files, settings files and --set: no raw TypeError
+SUITE_BAD = {'seeds = 0': '`seeds` must be', 'objectives = 3': '`objectives` must be', 'datasets = 5': '`datasets` must be',
+             'common = 3': '`common` must be a table', '[datasets]\ndigits = 3': '`datasets.digits` must be a table',
+             'objectives = "ce"': '`objectives` must be', 'name = 5': '`name` must be a string', 'doc = [1, 2]': '`doc` must be a string',
+             '[per_objective."ce+sill"]\nsil_weight = 1': 'unknown objective `per_objective.ce+sill`',
+             '[per_encoder.vit]\nepochs = 1': 'unknown encoder `per_encoder.vit`',
+             '[common]\nseed = 1': 'unknown setting `common.seed`', '[common]\nepochs = 2.5': '`common.epochs` must be an integer',
+             '[common]\naugment = "no"': '`common.augment` must be true or false', '[common]\nlr = []': '`common.lr` sweeps no values',
+             'seeds = ' + '[' * 3000 + ']' * 3000: 'nested too deeply', 'seeds = [[[[[[[[1]]]]]]]]': '`seeds` must be',
+             '[common]\nlr = ' + '[' * 30 + '1' + ']' * 30: '`common.lr` must be a number'}
+
+
+@pytest.mark.parametrize('text', list(SUITE_BAD), ids=lambda t: t[:30])
+def test_a_bad_suite_file_is_one_error_naming_file_and_key(tmp_path, capsys, text):
+    from silhouette_nb.cli import main
+    keys = {'datasets': 'datasets = ["digits"]', 'objectives': 'objectives = ["ce"]'}
+    head = [v for k, v in keys.items() if not text.startswith(k) and not (k == 'datasets' and text.startswith('[datasets]'))]
+    f = tmp_path/'my.toml'
+    f.write_text('\n'.join(head) + '\n' + text + '\n')
+    with pytest.raises(SystemExit) as e: main(['suite', str(f), '--dry-run', '--out', str(tmp_path/'o')])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and str(f) in err and SUITE_BAD[text] in err, err
+    assert len(err) < 600
+
+
+@pytest.mark.parametrize('text,says', [('epochs = "3"', '`epochs` must be an integer'), ('lr = [[1e-3]]', '`lr` must be a number'),
+                                        ('seed = ' + '[' * 3000 + ']' * 3000, 'nested too deeply'), ('dataset = 5', '`dataset` must be a string')])
+def test_a_bad_settings_file_is_one_error(tmp_path, capsys, text, says):
+    from silhouette_nb.cli import main
+    f = tmp_path/'run.toml'; f.write_text(text + '\n')
+    with pytest.raises(SystemExit) as e: main(['run', '--config', str(f), '--dry-run', '--out', str(tmp_path/'o')])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and says in err and str(f) in err, err
+
+
+def test_a_base_suite_with_new_names_and_a_text_with_old_ones_do_not_clash():
+    from silhouette_nb.config import Suite, STANDARD
+    s = Suite.from_toml('name = "x"\ndatasets = ["digits"]\n[common]\nlam = 0.3\n', base=Suite.from_toml(
+        'datasets = ["digits"]\nobjectives = ["ce+sil"]\n[common]\nsil_weight = 2.0\n'))
+    assert s.configs(seeds=[0])[0].sil_weight == 0.3
+
+
+def test_huge_sweeps_are_counted_and_refused_and_absurd_epochs_too(tmp_path, capsys, monkeypatch):
+    from silhouette_nb import cli
+    from silhouette_nb.cli import main
+    from silhouette_nb.config import QUICK, MAX_RUNS
+    assert QUICK.size(seeds=range(100), lr=[1e-3, 2e-3, 3e-3, 4e-3, 5e-3]) == 13_500 > MAX_RUNS
+    with pytest.raises(ValueError, match='more than MAX_RUNS'): QUICK.configs(seeds=range(100), lr=[1e-3, 2e-3, 3e-3, 4e-3, 5e-3])
+    for args in (['run', '--set', 'seed=' + ','.join(map(str, range(MAX_RUNS + 1)))], ['suite', 'quick', '--seeds', *map(str, range(400))],
+                 ['run', '--epochs', str(10**12)]):
+        with pytest.raises(SystemExit) as e: main(args + ['--dry-run', '--out', str(tmp_path)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and ('more than 10000' in err or 'more than MAX_EPOCHS' in err), err
+    monkeypatch.setattr(cli, 'MAX_RUNS', 20)   # --many lets a sweep past the bound (a small bound: making 10001 configs is slow)
+    with pytest.raises(SystemExit): main(['run', '--set', 'seed=' + ','.join(map(str, range(21))), '--dry-run', '--out', str(tmp_path)])
+    assert 'more than 20' in capsys.readouterr().err
+    assert main(['run', '--set', 'seed=' + ','.join(map(str, range(21))), '--many', '--dry-run', '--out', str(tmp_path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith('21 runs;')
+
+
+def test_the_dry_run_streams(tmp_path):
+    "The listing's first line is printed before the last configuration is made."
+    from silhouette_nb import cli
+    made, seen = [], []
+    args = cli.make_parser().parse_args(['run', '--dry-run', '--out', str(tmp_path)])
+    cfgs = (RunConfig(seed=s) for s in range(50))
+    def log(line): seen.append((line, len(made)))
+    def gen():
+        for c in cfgs: made.append(1); yield c
+    cli._run_list(args, gen(), None, log, [])
+    assert seen[0][1] == 1 and seen[-2][1] == 50 and seen[-1][0].startswith('50 runs')   # line i printed when i configs exist
+
+
+def test_old_flags_and_set_print_the_deprecation_note(tmp_path, capsys):
+    from silhouette_nb.cli import main
+    for args in (['--lam', '0.3'], ['--set', 'lam=0.3'], ['--corel-lam', '0.2', '--objective', 'corel-cosine'], ['--mu', '0.5', '--objective', 'ce+supcon']):
+        assert main(['run', *args, '--dry-run', '--out', str(tmp_path)]) == 0
+        err = capsys.readouterr().err
+        assert 'DeprecationWarning: ' in err and 'is deprecated: use' in err, err
+    with pytest.raises(SystemExit) as e: main(['run', '--lam', '0.3', '--set', 'center_weight=0.1', '--dry-run', '--out', str(tmp_path)])
+    assert e.value.code == 2 and 'are both set' in capsys.readouterr().err
+    from silhouette_nb.config import RunConfig as RC
+    with pytest.raises(ValueError, match='are both set'): RC.from_dict({'corel_attraction': 0.1, 'corel_lam': 0.2})
+    with pytest.raises(ValueError, match='are both set'): RC.from_dict({'corel_lam': 0.2, 'corel_attraction': 0.1})
