@@ -8,12 +8,12 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/cli.html.md"""
 __all__ = ['read_settings', 'make_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #b6f901a4
-import argparse, os
+import argparse, itertools, math, os, sys
 from dataclasses import fields
 from pathlib import Path
 from . import __version__
-from .config import (DATASETS, ENCODERS, OBJECTIVES, SIL_DISTANCES, RENAMED, SUITES, RunConfig, expand,
-                                  load_suite, describe_runs, upgrade_settings, tomllib)
+from .config import (DATASETS, ENCODERS, OBJECTIVES, SIL_DISTANCES, RENAMED, SUITES, MAX_RUNS, RunConfig, expand,
+                                  load_suite, describe_runs, run_lines, upgrade_settings, tomllib, read_toml, check_settings, _GRID)
 from fastcore.docments import docments
 
 # %% ../nbs/16_cli.ipynb #dc050353
@@ -45,20 +45,23 @@ def _parse_sets(items:list)->dict:
         if k not in _FIELD_TYPES: raise ValueError(f"cannot set {k}: valid fields are {', '.join(f.name for f in fields(RunConfig))}")
         vals = [_parse_field(k, x.strip()) for x in v.split(',')]
         out[k] = vals if len(vals) > 1 else vals[0]
+        if k in RENAMED: _deprecated(k)
     return upgrade_settings(out)
+
+def _deprecated(old:str):
+    "The note a renamed option gets on the command line: what `RunConfig` warns for the Python name."
+    print(f"DeprecationWarning: {old} is deprecated: use {' and '.join(RENAMED[old])}", file=sys.stderr, flush=True)
 
 def read_settings(path:str|Path, # a TOML file of `FIELD = value` lines (a list sweeps)
                  )->dict: # the settings, with the renamed options under their new names
     "The settings of a run file."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"no settings file at {path}")
-    d = tomllib.loads(path.read_text())
+    d = read_toml(path.read_text(), f"settings file {path}")
     if 'objectives' in d or any(isinstance(v, dict) for v in d.values()):
         raise ValueError(f"{path} is a suite (it has tables or `objectives`): run it with `silhouette-nb suite {path}`")
-    d = upgrade_settings(d)
-    unknown = set(d) - {f.name for f in fields(RunConfig)}
-    if unknown: raise ValueError(f"{path}: unknown setting {', '.join(sorted(unknown))}; the fields of RunConfig are {', '.join(_FIELD_TYPES)}")
-    return d
+    check_settings(d, '', f"settings file {path}", grid=_GRID)   # every key a field, every value of its type
+    return upgrade_settings(d)
 
 # %% ../nbs/16_cli.ipynb #b47d9b2b
 def _runtime_args(p):
@@ -80,6 +83,7 @@ def _list_args(p, what):
     p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help=f"set a field of {what}; "
                    "FIELD=V1,V2,... sweeps the values (repeatable)")
     p.add_argument('--dry-run', '--list', dest='dry_run', action='store_true', help="list the runs (marking those recorded) and exit")
+    p.add_argument('--many', action='store_true', help=f"allow more than {MAX_RUNS} runs (refused otherwise: a typo in a sweep?)")
 
 def make_parser()->argparse.ArgumentParser:
     "The `silhouette-nb` argument parser: `run`, `suite` and `report` subcommands."
@@ -98,6 +102,9 @@ def make_parser()->argparse.ArgumentParser:
         one_of = f"; one of {', '.join(choices[f.name])}" if f.name in choices else ''
         r.add_argument('--' + f.name.replace('_', '-'), dest=f.name, default=None, metavar=f.name.upper(),
                        help=f"{docs.get(f.name) or ''} (default: {f.default}{one_of})")
+    for old, new in RENAMED.items():   # the removed flags, for one release
+        r.add_argument('--' + old.replace('_', '-'), dest=old, default=None, metavar=old.upper(),
+                       help=f"deprecated: use {' and '.join('--' + n.replace('_', '-') for n in new)}")
     _list_args(r, 'the run')
     r.add_argument('--out', default='results/runs', help="folder of the results file and the run folders (default: results/runs)")
     r.add_argument('--force', action='store_true', help="run even if this configuration is already recorded (appends another row)")
@@ -140,20 +147,40 @@ def _torchrun_nproc()->dict:
     n = int(os.environ.get('WORLD_SIZE', '1'))
     return {'nproc': n} if n > 1 else {}
 
-def _configs(settings:dict)->list:
-    "The `RunConfig`s of settings (a list sweeps); a wrong type is a `ValueError` like a wrong value."
-    try: return [RunConfig.from_dict(s) for s in expand(settings)]
+def _configs(settings:dict, # settings, a list sweeping
+             many:bool=False, # allow more than `MAX_RUNS` runs
+            ):
+    "The `RunConfig`s of settings, one at a time (a generator), after counting them; a wrong type is a `ValueError` like a wrong value."
+    settings = upgrade_settings(settings)
+    n = math.prod(len(v) for v in settings.values() if isinstance(v, (list, tuple)))
+    if n > MAX_RUNS and not many: raise ValueError(f"the sweep makes {n} runs, more than {MAX_RUNS}: pass --many if you mean it")
+    grid = {k: v for k, v in settings.items() if isinstance(v, (list, tuple))}
+    for k, v in grid.items():
+        if not v: raise ValueError(f"the sweep over {k} has no values")
+    fixed = {k: v for k, v in settings.items() if k not in grid}
+    return _value_errors(RunConfig.from_dict({**fixed, **dict(zip(grid, combo))}) for combo in itertools.product(*grid.values()))
+
+def _value_errors(gen):
+    "The items of `gen`, a `TypeError` while making one (a wrong type of a setting) raised as a `ValueError`, like a wrong value."
+    try: yield from gen
     except TypeError as e: raise ValueError(str(e)) from None
 
-def _run_list(args, cfgs, suite, log)->int:
-    "Run (or list) `cfgs` into `args.out`; the exit status."
+def _swept(settings:dict)->list:
+    "The fields a sweep varies besides the grid, in `RunConfig`'s order."
+    settings = upgrade_settings(settings)
+    return [f.name for f in fields(RunConfig) if f.name not in _GRID and isinstance(settings.get(f.name), (list, tuple))]
+
+def _run_list(args, cfgs, suite, log, varying=None)->int:
+    "Run (or list, as they are made) `cfgs` into `args.out`; the exit status."
     out = Path(args.out or Path('results')/suite)
     from silhouette_nb.runner import check_runtime, check_out, run_configs, recorded_keys
     if args.dry_run:
-        done = recorded_keys(out/'results.jsonl')
-        log(describe_runs(cfgs, done))
-        log(f"{len(cfgs)} runs; {sum(c.key in done for c in cfgs)} of them already in {out/'results.jsonl'}")
+        done, n, rec = recorded_keys(out/'results.jsonl'), 0, 0
+        for c, line in _tee(cfgs, lambda cs: run_lines(cs, varying or [], done)):
+            log(line); n += 1; rec += c.key in done
+        log(f"{n} runs; {rec} of them already in {out/'results.jsonl'}")
         return 0
+    cfgs = list(cfgs)
     import torch
     from silhouette_nb.runner import check_history
     rt = check_runtime(args.device, args.threads, args.workers)
@@ -168,19 +195,34 @@ def _run_list(args, cfgs, suite, log)->int:
                       full_metrics_every=args.full_metrics_every)
     return 1 if res['failed'] or res['unwritten'] or (suite is None and res['missing_data']) else 0
 
+def _tee(cfgs, lines):
+    "Pairs (config, its line) from one pass over `cfgs` (a generator is read once)."
+    held = []
+    def feed():
+        for c in cfgs: held.append(c); yield c
+    for line in lines(feed()): yield held.pop(), line
+
 def _cmd_run(args, log):
-    settings = {**_torchrun_nproc(), **(read_settings(args.config) if args.config else {}),
+    old = {k: _parse_field(k, getattr(args, k)) for k in RENAMED if getattr(args, k, None) is not None}
+    for k in old: _deprecated(k)
+    settings = {**_torchrun_nproc(), **(read_settings(args.config) if args.config else {}), **old,
                 **{f.name: _parse_field(f.name, getattr(args, f.name)) for f in fields(RunConfig) if getattr(args, f.name) is not None},
                 **_parse_sets(args.set)}
-    return _run_list(args, _configs(settings), None, log)
+    return _run_list(args, _configs(settings, args.many), None, log, _swept(settings))
 
 def _cmd_suite(args, log):
     suite = load_suite(args.name)
     sets = {**_torchrun_nproc(), **_parse_sets(args.set), **({'nproc': args.nproc} if args.nproc is not None else {})}
-    try: cfgs = suite.configs(seeds=args.seeds, datasets=args.datasets, objectives=args.objectives, encoders=args.encoders, **sets)
+    narrow = dict(seeds=args.seeds, datasets=args.datasets, objectives=args.objectives, encoders=args.encoders, **sets)
+    try:
+        n = suite.size(**narrow)   # counted, not built
+        if n > MAX_RUNS and not args.many: raise ValueError(f"suite {suite.name!r} makes {n} runs, more than {MAX_RUNS}: pass --many if you mean it")
+        if args.dry_run:
+            if n <= MAX_RUNS: log(suite.table(**narrow))
+            else: log(f"{n} runs (the table of their settings is left out above {MAX_RUNS} runs); the runs, as they are made:")
+        cfgs = _value_errors(suite.iter_configs(many=True, **narrow)) if args.dry_run else suite.configs(many=True, **narrow)
     except TypeError as e: raise ValueError(str(e)) from None
-    if args.dry_run: log(suite.table(seeds=args.seeds, datasets=args.datasets, objectives=args.objectives, encoders=args.encoders, **sets))
-    rc = _run_list(args, cfgs, suite.name, log)
+    rc = _run_list(args, cfgs, suite.name, log, suite.swept(**narrow))
     if suite.name == 'paper-smoke' and not args.dry_run:   # what its measured runs say the full suite costs
         from silhouette_nb.report import full_suite_estimate, estimate_summary
         from silhouette_nb.runner import read_rows

@@ -31,7 +31,7 @@ def attractive_repulsive(att:Tensor, # (N,) attraction of each sample
                          **deprecated, # `lam`: the old name of `attraction`
                         )->Tensor: # scalar loss
     "COREL's combination $\\frac{1}{N}\\sum_i [\\lambda\\,\\mathrm{att}_i + (1-\\lambda)\\,\\mathrm{rep}_i]$, with $\\lambda$ applied once."
-    attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'attractive_repulsive').get('attraction', attraction)
+    attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'attractive_repulsive', given={'attraction': attraction} if attraction != 0.5 else {}).get('attraction', attraction)
     return _attractive_repulsive(att, rep, check_weight(attraction, 'attraction', hi=1), bool(gather))
 
 # %% ../nbs/06_corel.ipynb #cbbbe26f
@@ -47,9 +47,17 @@ def _gaussian_logits(h, W, gamma):
     if isinstance(gamma, Tensor): gamma = gamma.to(h.dtype).reshape(())
     return -gamma * sq_euclidean(h, W)
 
+def _offsets(h, W):
+    "$e_{ik} = \\|w_k\\|^2 - 2 w_k^\\top h_i = \\|h_i - w_k\\|^2 - \\|h_i\\|^2$: the distances without the term they share, which overflows first."
+    return (W * W).sum(1) - 2 * h @ W.T
+
 def _gaussian_terms(h, W, y, gamma, attraction):
-    S = _gaussian_logits(h, W, gamma)
-    return _ar_terms(-S.gather(1, y[:, None])[:, 0], torch.logsumexp(S, 1), attraction)
+    if isinstance(gamma, Tensor): gamma = gamma.to(h.dtype).reshape(())
+    e = _offsets(h, W)
+    e_y, e_min = e.gather(1, y[:, None])[:, 0], e.min(1).values
+    t = gamma * (attraction * e_y - (1 - attraction) * e_min) + (1 - attraction) * torch.logsumexp(-gamma * (e - e_min[:, None]), 1)
+    if attraction != 0.5: t = t + (2 * attraction - 1) * gamma * (h * h).sum(1)   # ||h||^2 cancels exactly at lambda = 1/2
+    return t
 
 def _gaussian_loss(h, W, y, gamma, attraction, gather): return _mean(_gaussian_terms(h, W, y, gamma, attraction), gather)
 
@@ -71,7 +79,7 @@ def gaussian_corel_loss(h:Tensor, # (N, d) embeddings
                         **deprecated, # `lam`: the old name of `attraction`
                        )->Tensor: # scalar loss, float32 for half-precision input
     "Gaussian-COREL: $\\lambda\\,\\gamma\\|h_i - w_{y_i}\\|^2 + (1-\\lambda)\\log\\sum_k \\exp(-\\gamma\\|h_i - w_k\\|^2)$, averaged."
-    attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'gaussian_corel_loss').get('attraction', attraction)
+    attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'gaussian_corel_loss', given={'attraction': attraction} if attraction != 0.5 else {}).get('attraction', attraction)
     return head_call(_gaussian_loss, h, W, labels, validate_args, gamma=_check_gamma(gamma, validate_args),
                      attraction=check_weight(attraction, 'attraction', hi=1), gather=bool(gather))
 
@@ -90,7 +98,7 @@ class _COREL(Head):
                  validate_args:bool|None=None, # value checks of every call; None: the package default
                  **deprecated, # `lam`: the old name of `attraction`
                 ):
-        attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, type(self).__name__).get('attraction', attraction)
+        attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, type(self).__name__, given={'attraction': attraction} if attraction != 0.5 else {}).get('attraction', attraction)
         attraction = check_weight(attraction, 'attraction', hi=1)
         super().__init__(n_classes, dim, validate_args)
         self.attraction, self.gather = attraction, bool(gather)
@@ -113,6 +121,9 @@ class GaussianCOREL(_COREL):
 
     def compute_logits(self, z:Tensor, W:Tensor)->Tensor: return _gaussian_logits(z, W, self.gamma)
     def compute_terms(self, z:Tensor, W:Tensor, labels:Tensor)->Tensor: return _gaussian_terms(z, W, labels, self.gamma, self.attraction)
+    def predict(self, z:Tensor, # (N, dim) embeddings
+               )->Tensor: # (N,) int64 the nearest class vector of each row (at any scale: without the shared ||z||^2)
+        return head_call(lambda h, W: _offsets(h, W).argmin(1), z, self.vectors, validate_args=self.validate_args)
 
 
 # %% ../nbs/06_corel.ipynb #b64344c1
@@ -143,7 +154,7 @@ def cosine_corel_loss(h:Tensor, # (N, d) embeddings
                       **deprecated, # `lam`: the old name of `attraction`
                      )->Tensor: # scalar loss, float32 for half-precision input
     "Cosine-COREL: $-\\lambda\\cos(h_i, w_{y_i}) + (1-\\lambda)\\max(0, \\max_{k\\ne y_i}\\cos(h_i, w_k))^2$, averaged."
-    attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'cosine_corel_loss').get('attraction', attraction)
+    attraction = renamed_kwargs(deprecated, {'lam': 'attraction'}, 'cosine_corel_loss', given={'attraction': attraction} if attraction != 0.5 else {}).get('attraction', attraction)
     return head_call(_cosine_loss, h, W, labels, validate_args, attraction=check_weight(attraction, 'attraction', hi=1),
                      gather=bool(gather))
 

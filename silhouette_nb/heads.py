@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from .validation import check_corel_batch, check_positive_int, check_real, no_autocast
+from .validation import check_corel_batch, check_positive_int, check_real, no_autocast, validating
 from .distances import sq_euclidean, unit_rows
 
 # %% ../nbs/05_heads.ipynb #5d2a8e01
@@ -25,10 +25,14 @@ def head_call(compute, # trusted function of (h, W, **kwargs) or (h, W, labels, 
               validate_args:bool|None=None, # value checks (finite, labels < K); None: the package default
               **kwargs, # to `compute`
              ):
-    "`compute` on inputs checked once by `check_corel_batch`, with autocast off: in float32 for half-precision input."
+    "`compute` on inputs checked once by `check_corel_batch`, with autocast off: in float32 for half-precision input; when validating, a result beyond the dtype's range is a `ValueError`."
     with no_autocast(h):
         h, W, y = check_corel_batch(h, W, labels, validate_args)
-        return compute(h, W, **kwargs) if labels is None else compute(h, W, y, **kwargs)
+        out = compute(h, W, **kwargs) if labels is None else compute(h, W, y, **kwargs)
+    if validating(validate_args) and out.is_floating_point() and not bool(torch.isfinite(out).all()):   # finite inputs, so an overflow
+        raise ValueError(f"the result overflows {out.dtype}: the embeddings reach magnitude {float(h.detach().abs().max()):.3g} and the class "
+                         f"vectors {float(W.detach().abs().max()):.3g}; scale them down")
+    return out
 
 # %% ../nbs/05_heads.ipynb #8c4f0b3a
 class Head(nn.Module, abc.ABC):
@@ -153,12 +157,16 @@ class CenterLoss(Head):
 def renamed_kwargs(kwargs:dict, # the keywords a call received beyond its signature
                    renames:dict, # old name -> new name, or a tuple of new names
                    owner:str, # the callee, for the messages
+                   given:dict|None=None, # new name -> value, for the new names the call set (to other than their default)
                   )->dict: # new name -> value
-    "The values of deprecated keywords under their new names, each with a `DeprecationWarning`; any other keyword is a `TypeError`."
+    "The values of deprecated keywords under their new names, each with a `DeprecationWarning`; any other keyword, or an old name with its new one, is a `TypeError`."
     out = {}
     for old, v in kwargs.items():
         if old not in renames: raise TypeError(f"{owner}() got an unexpected keyword argument {old!r}")
         new = renames[old] if isinstance(renames[old], tuple) else (renames[old],)
+        both = [n for n in new if n in (given or {})]
+        if both: raise TypeError(f"{owner}() got both `{old}` and `{both[0]}`: `{old}` is the deprecated name of "
+                                 + ' and '.join(f'`{n}`' for n in new) + f"; give only `{both[0]}`")
         warnings.warn(f"{owner}: `{old}` is deprecated and will be removed in the next release; use "
                       + ' and '.join(f'`{n}`' for n in new), DeprecationWarning, stacklevel=3)
         out.update(dict.fromkeys(new, v))

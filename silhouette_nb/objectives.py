@@ -43,12 +43,14 @@ def spec_requirements(spec:str, # one of `OBJECTIVES` (case and spaces ignored)
             'head': any(t in _HEAD_TERMS for t in terms)}   # learned class vectors, trained with the network
 
 # %% ../nbs/07_objectives.ipynb #53b1925a
-def _labels(labels, n_classes, validate):
+def _labels(labels, n_classes, validate, device=None):
     if not isinstance(labels, Tensor): raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
     if labels.ndim != 1: raise ValueError(f"labels must be a 1-D (B,) tensor, got shape {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integers, got {labels.dtype}")
     if len(labels) == 0: raise ValueError("empty batch: labels have no rows")
+    if device is not None and labels.device != device:   # before the values are read: they may live nowhere readable
+        raise ValueError(f"labels are on {labels.device} but the outputs are on {device}")
     if validate:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= n_classes: raise ValueError(f"labels must be in 0..{n_classes - 1} (n_classes = {n_classes}), got {lo}..{hi}")
@@ -84,7 +86,9 @@ def _logits(outputs, B, n_classes, spec, device=None, validate=True):
 
 def _read(obj, outputs, labels, validate):
     "Checked (logits, logit labels), (features, views stacked, their labels) and labels; None where the spec reads none."
-    y = _labels(labels, obj.n_classes, validate)
+    first = [outputs.get(k) for k in ('logits', 'features') if obj.requirements[k]] if isinstance(outputs, Mapping) else []
+    device = next((t.device for t in first if isinstance(t, Tensor)), None)   # the outputs' device, checked on the labels first
+    y = _labels(labels, obj.n_classes, validate, device)
     B, need = len(y), obj.requirements
     z = yz = f = xf = yf = None
     if need['logits']:
@@ -115,6 +119,8 @@ def _term(obj, t, z, yz, f, xf, yf, y):
     return obj.head(xf, yf)   # the head's own loss: proxynca, center, corel
 
 # %% ../nbs/07_objectives.ipynb #e655926b
+_OPTION_DEFAULTS = dict(sil_weight=1.0, center_weight=0.01, supcon_weight=1.0, corel_attraction=0.5)   # the renamed options' defaults
+
 class Objective(nn.Module):
     "A training objective from a spec in `OBJECTIVES`: `forward(outputs, labels)` → dict of the total `'loss'` and each term."
     def __init__(self,
@@ -139,7 +145,7 @@ class Objective(nn.Module):
                 ):
         super().__init__()
         o = dict(sil_weight=sil_weight, center_weight=center_weight, supcon_weight=supcon_weight, corel_attraction=corel_attraction)
-        o.update(renamed_kwargs(deprecated, RENAMED_OPTIONS, 'Objective'))
+        o.update(renamed_kwargs(deprecated, RENAMED_OPTIONS, 'Objective', given={k: v for k, v in o.items() if v != _OPTION_DEFAULTS[k]}))
         self.spec, self.validate_args = _parse_spec(spec), validate_args
         self.n_classes, self.dim = check_positive_int(n_classes, 'n_classes'), check_positive_int(dim, 'dim')
         w = {t: check_weight(o[f'{t}_weight'], f'{t}_weight') for t in ('sil', 'center', 'supcon')}

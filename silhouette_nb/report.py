@@ -8,13 +8,13 @@ Docs: https://silhouette-nb.github.io/silhouette_nb/report.html.md"""
 __all__ = ['REPORT_METRICS', 'CURVE_METRICS', 'summarize', 'metric_table', 'plot_metric', 'curves', 'plot_curves',
            'run_interpretation', 'plot_projections', 'plot_class_silhouettes', 'cost_gain', 'plot_cost_gain',
            'sensitivity_grid', 'plot_sensitivity', 'image_side', 'full_suite_estimate', 'estimate_summary',
-           'estimate_table', 'write_report']
+           'estimate_table', 'missing_runs', 'write_report']
 
 # %% ../nbs/15_report.ipynb #768d6f8b
-import json, math, warnings
+import json, math, numbers, warnings
 from dataclasses import asdict, fields
 from pathlib import Path
-from .config import RunConfig, PAPER, TRAIN_SIZES, Suite, select_rows, run_settings   # first: it names the extra that is missing, if one is
+from .config import RunConfig, PAPER, SUITES, TRAIN_SIZES, Suite, select_rows, run_settings, _GRID   # first: it names the extra that is missing, if one is
 import numpy as np
 import torch
 from fastcore.meta import delegates
@@ -23,7 +23,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from .validation import check_choice
 from .data import get_dls
-from .runner import scan_rows, load_run, _clean
+from .runner import scan_rows, load_run, _clean, _check_folder
 from .claims import mean_ci
 from .interpretation import EmbeddingInterpretation
 
@@ -35,9 +35,14 @@ REPORT_METRICS = {  # name: (title, scale, decimals, plotted)
     'r_precision': ('R-precision', 1, 3, False), 'map_at_r': ('MAP@R', 1, 3, False),
     'sec_per_epoch': ('Seconds per epoch', 1, 2, False), 'peak_mem_mib': ('Peak memory (MiB)', 1, 0, False)}
 
+def _nonfinite(v):
+    "The name of a value that is a number but not finite ('NaN', '+inf', '-inf'), else None."
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isfinite(v): return None
+    return 'NaN' if math.isnan(v) else '+inf' if v > 0 else '-inf'
+
 def summarize(rows:list, # rows of a results file
-             )->dict: # (dataset, encoder, objective) -> {'n': seeds, metric: (mean, std), 'settings': set of JSON}
-    "Mean and sample standard deviation over seeds of every metric, per dataset × encoder × objective."
+             )->dict: # (dataset, encoder, objective) -> {'n': seeds, metric: (mean, std), 'nonfinite': {metric: names}, 'settings': set of JSON}
+    "Mean and sample standard deviation over seeds of every metric (of its finite values: NaN and ±inf are counted apart), per dataset × encoder × objective."
     last = {r['key']: r for r in rows}
     groups = {}
     for r in last.values():
@@ -46,9 +51,12 @@ def summarize(rows:list, # rows of a results file
         g['settings'].add(json.dumps({k: v for k, v in r['config'].items() if k != 'seed'}, sort_keys=True))
     out = {}
     for k, g in groups.items():
-        s = {'n': len(g['rows']), 'settings': g['settings']}
+        s = {'n': len(g['rows']), 'settings': g['settings'], 'nonfinite': {}}
         for m in REPORT_METRICS:
-            v = np.array([r[m] for r in g['rows'] if r.get(m) is not None], dtype=float)
+            vals = [r.get(m) for r in g['rows']]
+            v = np.array([x for x in vals if isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)], dtype=float)
+            bad = [b for b in map(_nonfinite, vals) if b]
+            if bad: s['nonfinite'][m] = bad
             s[m] = (v.mean() if len(v) else math.nan, v.std(ddof=1) if len(v) > 1 else math.nan)
         out[k] = s
     return out
@@ -60,12 +68,18 @@ def _columns(summ):
     n_enc = {d: sum(c[0] == d for c in cols) for d, _ in cols}
     return cols, [d if n_enc[d] == 1 else f"{d} ({e})" for d, e in cols]
 
+def _count_names(names):
+    "'2 NaN, 1 +inf' from ['NaN', '+inf', 'NaN']."
+    return ', '.join(f"{names.count(b)} {b}" for b in dict.fromkeys(names))
+
 def _cell(s, m, n_mode):
     title, scale, dec, _ = REPORT_METRICS[m]
     mean, std = s[m]
-    if math.isnan(mean): return '–'
+    bad = s.get('nonfinite', {}).get(m, [])
+    if math.isnan(mean): return _count_names(bad) if bad else '–'
     txt = f"{mean * scale:.{dec}f}" + ('' if math.isnan(std) else f" ± {std * scale:.{dec}f}")
-    return txt + ('' if s['n'] == n_mode else f" (n={s['n']})")
+    n = s['n'] - len(bad)
+    return txt + ('' if n == n_mode and not bad else f" (n={n}" + (f"; and {_count_names(bad)}" if bad else '') + ")")
 
 def metric_table(summ:dict, # from `summarize`
                  metric:str, # a key of `REPORT_METRICS`
@@ -88,6 +102,16 @@ def metric_table(summ:dict, # from `summarize`
     return '\n'.join(lines)
 
 # %% ../nbs/15_report.ipynb #07714a3a
+def _data_range(mean_stds, margin:float=0.15):
+    "A y range around every mean ± std (the finite ones), with `margin` of its span on each side; (0, 1) when there is nothing."
+    ends = [a for m, s in mean_stds for a in (m - np.nan_to_num(s), m + np.nan_to_num(s)) if np.isfinite(a).any()]
+    if not ends: return 0., 1.
+    lo, hi = float(np.nanmin(np.concatenate(ends))), float(np.nanmax(np.concatenate(ends)))
+    pad = margin * (hi - lo) if hi > lo else max(abs(hi) * 0.05, 1e-3)
+    return lo - pad, hi + pad
+
+def _dec(lo, hi): return max(0, min(6, 1 - math.floor(math.log10(hi - lo)))) if hi > lo else 3
+
 def plot_metric(summ:dict, # from `summarize`
                 metric:str, # a key of `REPORT_METRICS`
                 fname:str|Path|None=None, # write a PNG here (with the plotted numbers in its `Description`)
@@ -99,41 +123,65 @@ def plot_metric(summ:dict, # from `summarize`
     w = 0.8 / len(objs)
     fig = Figure(figsize=(max(4.5, 1.1 + 0.28 * len(cols) * len(objs) + 0.5 * len(cols)), 3.2), layout='constrained')
     ax = fig.add_subplot()
-    data = {}
+    data, ms = {}, {}
+    for o in objs:
+        ms[o] = tuple(np.array([summ[(d, e, o)][metric][j] if (d, e, o) in summ else np.nan for d, e in cols]) * scale for j in (0, 1))
+    lo, hi = _data_range(ms.values())
     for i, o in enumerate(objs):
-        mean = np.array([summ[(d, e, o)][metric][0] if (d, e, o) in summ else np.nan for d, e in cols]) * scale
-        std = np.array([summ[(d, e, o)][metric][1] if (d, e, o) in summ else np.nan for d, e in cols]) * scale
+        mean, std = ms[o]
         x = np.arange(len(cols)) + (i - (len(objs) - 1) / 2) * w
-        ax.bar(x, mean, w, yerr=np.nan_to_num(std), label=o, color=f"C{i % 10}", capsize=2, error_kw={'lw': 0.8})
+        ax.bar(x, mean - lo, w, bottom=lo, yerr=np.nan_to_num(std), label=o, color=f"C{i % 10}", capsize=2, error_kw={'lw': 0.8})
         data[o] = {lab: [_clean(float(a)), _clean(float(b))] for lab, a, b in zip(labels, mean, std)}
+    ax.set_ylim(lo, hi)
     ax.set_xticks(np.arange(len(cols)), labels, fontsize=8)
     ax.set_ylabel(title, fontsize=8); ax.tick_params(axis='y', labelsize=7)
     ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.0, 1.0), frameon=False)
-    ax.set_title(f"{title}: mean ± std over seeds", fontsize=9)
+    ax.set_title(f"{title}: mean ± std over seeds\n(y axis {lo:.{_dec(lo, hi)}f} to {hi:.{_dec(lo, hi)}f}, zoomed to the data)", fontsize=9)
     if fname is not None:
-        fig.savefig(fname, dpi=120, metadata={'Description': json.dumps({'metric': metric, 'mean_std': data})})
+        fig.savefig(fname, dpi=120, metadata={'Description': json.dumps({'metric': metric, 'mean_std': data, 'ylim': [float(lo), float(hi)]})})
     return fig
 
 # %% ../nbs/15_report.ipynb #5797f584
 CURVE_METRICS = {'top1': ('valid top-1 (%)', 100), 'silhouette': ('valid silhouette', 1), 'valid_loss': ('valid loss', 1)}
 
+def _read_history(f):
+    "The records of a history file, and None; or None and what is wrong with it (naming the line)."
+    try: text = f.read_text()
+    except IsADirectoryError: return None, 'a folder, not a file'
+    except (OSError, UnicodeDecodeError) as e: return None, f"cannot be read ({getattr(e, 'strerror', None) or e})"
+    recs = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip(): continue
+        try: rec = json.loads(line)
+        except json.JSONDecodeError as e: return None, f"line {i} is not JSON ({e.msg}: a torn write?)"
+        if not isinstance(rec, dict): return None, f"line {i} is not a JSON object (it is {type(rec).__name__} {line.strip()[:40]})"
+        recs.append(rec)
+    if not recs: return None, 'it holds no epoch'
+    return recs, None
+
 def curves(rows:list, # rows of a results file
            runs:str|Path, # the folder of the run folders (OUT/runs)
            metrics:tuple=tuple(CURVE_METRICS), # history columns
-          )->dict: # (dataset, encoder, objective) -> {metric: (mean per epoch, std per epoch)}, 'n': runs with a history
-    "Mean and standard deviation over seeds, epoch by epoch, of the histories of the runs in `rows`."
+           notes:list|None=None, # a line is appended here for each history that is left out, and why
+          )->dict: # (dataset, encoder, objective) -> {metric: (mean per epoch, std per epoch)}, 'n': runs with a history, 'stages'
+    "Mean and standard deviation over seeds, epoch by epoch, of the histories of the runs in `rows`; a damaged history is left out with a note."
     groups = {}
     for r in {r['key']: r for r in rows}.values():
         f = Path(runs)/r['key']/'history.jsonl'
         if not f.exists(): continue
-        hist = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+        hist, why = _read_history(f)
+        if why is not None:
+            if notes is not None: notes.append(f"{f}: {why}; the curve of run {r['key']} is left out")
+            continue
         groups.setdefault((r['dataset'], r['encoder'], r['objective']), []).append(hist)
     out = {}
+    num = lambda x: float(x) if isinstance(x, numbers.Real) and not isinstance(x, bool) else np.nan
     for k, hists in groups.items():
         n = min(map(len, hists))
-        s = {'n': len(hists)}
+        st = [num(rec.get('stage', 1)) for h in hists for rec in h]
+        s = {'n': len(hists), 'stages': int(max((x for x in st if math.isfinite(x)), default=1))}
         for m in metrics:
-            v = np.array([[np.nan if h[i].get(m) is None else h[i][m] for i in range(n)] for h in hists], dtype=float)
+            v = np.array([[num(h[i].get(m)) for i in range(n)] for h in hists], dtype=float)
             with warnings.catch_warnings():   # an epoch where every seed has no value (SupCon's top-1 before the probe)
                 warnings.simplefilter('ignore', RuntimeWarning)
                 s[m] = (np.nanmean(v, 0), np.nanstd(v, 0, ddof=1) if len(hists) > 1 else np.full(n, np.nan))
@@ -149,7 +197,7 @@ def plot_curves(cur:dict, # from `curves`
     objs = list(dict.fromkeys(o for _, _, o in cur))
     fig = Figure(figsize=(max(4.5, 3.2 * len(cols) + 1.5), 2.4 * len(metrics)), layout='constrained')
     axs = fig.subplots(len(metrics), len(cols), squeeze=False)
-    data = {}
+    data, two = {}, any(s.get('stages', 1) > 1 for s in cur.values())
     for i, m in enumerate(metrics):
         title, scale = CURVE_METRICS[m]
         for j, (d, e) in enumerate(cols):
@@ -163,7 +211,7 @@ def plot_curves(cur:dict, # from `curves`
                 data.setdefault(m, {}).setdefault(f"{d} ({e})", {})[o] = [[_clean(float(a)) for a in mean], [_clean(float(a)) for a in std]]
             ax.set_title(f"{d} ({e})", fontsize=8); ax.tick_params(labelsize=7); ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if j == 0: ax.set_ylabel(title, fontsize=8)
-            if i == len(metrics) - 1: ax.set_xlabel('epoch (both stages)', fontsize=8)
+            if i == len(metrics) - 1: ax.set_xlabel('epoch (both stages)' if two else 'epoch', fontsize=8)
     axs[0][-1].legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.0, 1.0), frameon=False)
     if fname is not None:
         fig.savefig(fname, dpi=110, metadata={'Description': json.dumps({'metrics': list(metrics), 'mean_std': data})})
@@ -422,6 +470,23 @@ def estimate_table(est:dict)->str:
     rates = ', '.join(f"{o} {s} px {1e3 * v:.3f}" for (o, s), v in est['rates'].items())
     return '\n'.join(lines) + f"\n\nMeasured training milliseconds per image and epoch: {rates}."
 
+# %% ../nbs/15_report.ipynb #2d028080
+def missing_runs(rows:list, # rows of a results file
+                 suites:dict=SUITES, # name -> `Suite`: the suites whose expected runs are known
+                )->dict: # suite name -> {'expected': n, 'missing': [RunConfig], 'swept': setting names}, or None for an unknown suite
+    "The runs each suite named in `rows` expected and that no row of it fills (grid place and swept settings)."
+    out = {}
+    for name in dict.fromkeys(r['suite'] for r in rows if isinstance(r.get('suite'), str)):
+        if name not in suites: out[name] = None; continue
+        cfgs = suites[name].configs()
+        cells = {}
+        for c in cfgs: cells.setdefault(tuple(getattr(c, k) for k in _GRID), []).append(c)
+        swept = [f.name for f in fields(RunConfig) if f.name not in _GRID and any(len({getattr(c, f.name) for c in cs}) > 1 for cs in cells.values())]
+        have = {tuple(run_settings(r)[k] for k in (*_GRID, *swept)) for r in rows if r.get('suite') == name}
+        out[name] = {'expected': len(cfgs), 'swept': swept,
+                     'missing': [c for c in cfgs if tuple(getattr(c, k) for k in (*_GRID, *swept)) not in have]}
+    return out
+
 # %% ../nbs/15_report.ipynb #6de6cdd5
 def write_report(results:str|Path, # a results file, or a folder holding `results.jsonl`
                  out:str|Path|None=None, # folder of the report; the results file's folder when None
@@ -430,22 +495,44 @@ def write_report(results:str|Path, # a results file, or a folder holding `result
     results = Path(results)
     if results.is_dir(): results = results/'results.jsonl'
     if not results.exists(): raise FileNotFoundError(f"no results file at {results}")
+    if not results.is_file(): raise ValueError(f"the results file {results} is not a file")
     rows, skipped = scan_rows(results)
     if not rows: raise ValueError(f"{results} holds no result rows" + (f" ({len(skipped)} lines that are not result rows)" if skipped else ''))
     out = Path(out) if out is not None else results.parent
-    out.mkdir(parents=True, exist_ok=True)
+    _check_folder(out, 'the report folder')
+    try: return _write_report(results, rows, skipped, out)
+    except OSError as e:   # a full disk, or a folder that stopped being writable, while the report is written
+        raise ValueError(f"cannot write the report in {out}: {e.strerror or e}" + (f" ({e.filename})" if getattr(e, 'filename', None) else '')) from None
+
+def _write_report(results, rows, skipped, out):
     summ = summarize(rows)
     last = list({r['key']: r for r in rows}.values())
-    suites = ', '.join(sorted({str(r.get('suite')) for r in last}))
+    named = sorted({r['suite'] for r in last if isinstance(r.get('suite'), str)})
+    single = any(not isinstance(r.get('suite'), str) for r in last)
+    title = ', '.join(f"`{n}`" for n in named) + (' and single runs' if single and named else '') if named else f"single runs in `{results.parent.name}`"
     ns = sorted({s['n'] for s in summ.values()})
-    md = [f"# Results: {suites}", '',
+    md = [f"# Results: {title}", '',
           f"{len(last)} runs from `{results.name}`: {len(summ)} dataset × encoder × objective settings, "
           f"{'/'.join(map(str, ns))} seed{'s' if ns != [1] else ''} each. Cells are mean ± sample standard deviation over the seeds.", '']
     if skipped:
         many = len(skipped) > 1
         md += [f"**Skipped**: {len(skipped)} line{'s' if many else ''} of the file that {'are not result rows' if many else 'is not a result row'} "
                f"(line{'s' if many else ''} {', '.join(map(str, skipped[:20]))}{', ...' if len(skipped) > 20 else ''}).", '']
-    cur = curves(rows, results.parent/'runs')
+    bad = sum(len(v) for s in summ.values() for v in s['nonfinite'].values())
+    if bad:
+        md += [f"**Not finite**: {bad} value{'s' if bad > 1 else ''} of the rows {'are' if bad > 1 else 'is'} NaN or ±inf: each cell counts "
+               "them next to the mean and standard deviation of its finite values (`(n=2; and 1 NaN)`).", '']
+    missing = missing_runs(last)
+    for name, m in missing.items():
+        if m is None: md += [f"**Missing runs**: `{name}` is not a built-in suite: the runs it expected are not known here.", '']
+        elif m['missing']:
+            md += [f"**Missing runs**: {len(m['missing'])} of the {m['expected']} runs of suite `{name}` have no row:", '']
+            md += [f"- {c.dataset} {c.encoder} {c.objective} seed={c.seed}" + ''.join(f" {k}={getattr(c, k)}" for k in m['swept'])
+                   for c in m['missing'][:30]]
+            md += ([f"- ... and {len(m['missing']) - 30} more"] if len(m['missing']) > 30 else []) + ['']
+    notes = []
+    cur = curves(rows, results.parent/'runs', notes=notes)
+    if notes: md += ['**Curves left out**: ' + '; '.join(notes[:10]) + (f"; and {len(notes) - 10} more" if len(notes) > 10 else '') + '.', '']
     if cur:
         plot_curves(cur, fname=out/'curves.png')
         md += ['## Learning curves', '', f"Validation top-1 and silhouette per epoch, mean ± std over seeds ({sum(s['n'] for s in cur.values())} runs with a history).",
