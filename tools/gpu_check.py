@@ -661,6 +661,9 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.child: _child(a); return 0
     t0 = time.monotonic()
+    # the children stream what they print; with a block-buffered stdout nbdev-test's and pytest's processes were seen
+    # to hang at their exit (IPython's atexit gc.collect) under a bare environment
+    os.environ.setdefault('PYTHONUNBUFFERED', '1'); os.environ.setdefault('MPLBACKEND', 'Agg')
     try: import torch
     except ImportError:
         print(f"gpu-check: torch cannot be imported by {sys.executable}: nothing to check"); return 0
