@@ -32,6 +32,13 @@ def test_no_cuda_one_line(tmp_path):
     assert not out.exists()
 
 
+def test_make_gpu_check_without_venv_or_cuda(tmp_path):
+    "`make gpu-check` with no venv runs the machine's python (here this one): without CUDA, one line and exit 0."
+    r = subprocess.run(['make', '-s', '--no-print-directory', 'gpu-check', f'PYTHON={sys.executable}', f'VENV={tmp_path}/none'],
+                       cwd=ROOT, capture_output=True, text=True, env={**__import__('os').environ, 'CUDA_VISIBLE_DEVICES': ''}, timeout=120)
+    assert r.returncode == 0 and r.stdout.count('\n') == 1 and 'no CUDA device' in r.stdout, r.stdout + r.stderr
+
+
 # ---------------------------------------------------------------- running checks, the table, the JSON, the exit status
 def boom(): raise ValueError("boom\nsecond line")
 
@@ -462,7 +469,7 @@ def test_rehearsal_from_the_bundle_alone(bundle, offline_python, tmp_path):
     (tmp_path/'tiny.ipynb').write_text(json.dumps(TINY_NB))
     out = tmp_path/'out'; out.mkdir()
     r = offline_run(offline_python, [ROOT/'tools'/'gpu_check.py', '--device', 'cpu', '--tiny', '--time-scale', '4',
-                                     '--notebooks', tmp_path/'tiny.ipynb'], ROOT, 1500, OUT=str(out), TMPDIR=str(tmp_path))
+                                     '--notebooks', tmp_path/'tiny.ipynb'], ROOT, 4 * gpu_check.TOTAL + 120, OUT=str(out), TMPDIR=str(tmp_path))
     log = r.stdout + r.stderr
     assert f"wheels ({bundle['total_mib']:.1f} MiB) installed offline" in log, log[-3000:]
     data = json.loads((out/'gpu_check.json').read_text())

@@ -42,7 +42,8 @@ BUDGETS = {'autocast': 30, 'bench': 60, 'paper-smoke': 180, 'notebooks': 120, 'g
 TOTAL = 470  # seconds for the set-up and all checks together: 8 minutes less 10 s for the table
 TOL = 1e-2   # autocast: largest relative error of a loss value
 NEEDS = ('fastai', 'fastcore', 'fastprogress', 'plum', 'pytorch_metric_learning', 'nbdev', 'execnb')  # what a bare python3 lacks
-ENTRIES = {'silhouette-nb': ('silhouette_nb.cli', 'main'), 'nbdev-test': ('nbdev.test', 'nbdev_test')}
+ENTRIES = {'silhouette-nb': ('silhouette_nb.cli', 'main'), 'nbdev-test': ('nbdev.test', 'nbdev_test'),
+           'test-nb': ('gpu_check', 'test_notebook')}   # test-nb: one notebook outside nbs/ (the rehearsal's)
 
 
 # ---------------------------------------------------------------- running checks, the table, the JSON and the markdown
@@ -125,11 +126,22 @@ def run_command(cmd:list, timeout:float, capture:bool=True)->dict:
                          stdout=subprocess.PIPE if capture else None, stderr=subprocess.STDOUT if capture else None)
     try: out, rc = p.communicate(timeout=max(timeout, 0.1))[0], p.returncode
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
+        kill_tree(p.pid)
         out, rc = p.communicate()[0], None
     except BaseException:
-        os.killpg(p.pid, signal.SIGKILL); raise
+        kill_tree(p.pid); raise
     return {'returncode': rc, 'seconds': time.perf_counter() - t0, 'output': out or ''}
+
+def kill_tree(pid:int):
+    """SIGKILL to the process group of `pid` and to every process below it, also those in sessions of their own (a
+    check's commands run in theirs): nothing of a killed check keeps running, or holding the GPU."""
+    try:
+        import psutil
+        below = psutil.Process(pid).children(recursive=True)   # before the kill: orphans are lost to init
+    except Exception: below = []
+    for kill in [lambda: os.killpg(pid, signal.SIGKILL)] + [p.kill for p in below]:
+        try: kill()
+        except Exception: pass
 
 def entry(name:str)->list:
     "The command that runs console script `name` with this Python, with no console script: its function via `--entry`."
@@ -211,7 +223,8 @@ def cuda_notebooks(nbs:str|Path=ROOT/'nbs')->list:
 def check_notebooks(device, budget, opts=None):
     nbs = [Path(p).resolve() for p in (opts or {}).get('notebooks') or []] or cuda_notebooks()
     if not nbs: return 'skip', "no notebook has a `#| cuda` cell", {}
-    run = lambda nb: run_command(entry('nbdev-test') + ['--flags', 'cuda', nb.relative_to(ROOT) if nb.is_relative_to(ROOT) else nb], budget - 15)
+    run = lambda nb: run_command(entry('nbdev-test') + ['--flags', 'cuda', nb.relative_to(ROOT)] if nb.is_relative_to(ROOT/'nbs') else
+                                 entry('test-nb') + ['--flags', 'cuda', nb], budget - 15)
     with ThreadPoolExecutor(len(nbs)) as ex: runs = dict(zip(nbs, ex.map(run, nbs)))
     figs = {nb.name: {'returncode': r['returncode'], 'seconds': r['seconds'],
                       'status': 'pass' if r['returncode'] == 0 else 'fail',
@@ -555,6 +568,20 @@ def count_syncs_per_step(path:str|Path, # a JSON-lines file: one line per run
     orig = R.run_callbacks
     R.run_callbacks = lambda cfg, device: orig(cfg, device) + [StepSyncs(cfg)]
 
+def test_notebook()->int:
+    """`--entry test-nb --flags FLAGS NB`: nbdev's `test_nb` on the notebook NB, with the project's `tst_flags` skipped
+    but FLAGS run, as nbdev-test does (nbdev-test itself, given a notebook outside the project's nbs/, tests those)."""
+    from nbdev.config import get_config
+    from nbdev.test import test_nb
+    args = sys.argv[1:]
+    flags = args[args.index('--flags') + 1].split() if '--flags' in args else []
+    nb = [a for a in args if a.endswith('.ipynb')][0]
+    cfg = get_config()
+    skip = cfg.tst_flags.split() if isinstance(cfg.tst_flags, str) else list(cfg.tst_flags)
+    ok, secs = test_nb(Path(nb).resolve(), skip_flags=skip, force_flags=flags, basepath=cfg.config_path, do_print=True)
+    print(f"{Path(nb).name}: {'passed' if ok else 'failed'} in {secs:.1f} s")
+    return 0 if ok else 1
+
 def run_entry(argv:list)->int:
     """`--entry NAME [--syncs FILE] [--fixtures DIR] [--] ARGS`: run console script NAME (`ENTRIES`) in this process
     with ARGS; `--fixtures` points torchvision's CIFAR-10 checks at the fixtures there, `--syncs` counts host syncs."""
@@ -568,8 +595,12 @@ def run_entry(argv:list)->int:
     if syncs: count_syncs_per_step(syncs)
     mod, fn = ENTRIES[name]
     sys.argv = [name] + rest
-    rc = getattr(importlib.import_module(mod), fn)()
-    return rc if isinstance(rc, int) else 0
+    try: rc = getattr(sys.modules[__name__], fn)() if mod == 'gpu_check' else getattr(importlib.import_module(mod), fn)()
+    except SystemExit as e: rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    rc = rc if isinstance(rc, int) else 0
+    if name in ('nbdev-test', 'test-nb'):   # IPython's atexit gc.collect was seen to hang a bare environment's exit
+        sys.stdout.flush(); sys.stderr.flush(); os._exit(rc)
+    return rc
 
 
 # ---------------------------------------------------------------- 6. NCCL
