@@ -99,6 +99,21 @@ def test_run_command_kills_on_timeout():
     assert r['returncode'] == 3 and r['output'].strip() == 'hi'
 
 
+def test_run_command_kills_grandchildren_in_their_own_sessions():
+    "A check's own commands run in sessions of their own: killing the check kills them too (nothing keeps the GPU)."
+    code = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+            "start_new_session=True); print(p.pid, flush=True); time.sleep(60)")
+    r = gpu_check.run_command([sys.executable, '-c', code], 3)
+    pid = int(r['output'].split()[0])
+    assert r['returncode'] is None
+    for _ in range(50):
+        try: os.kill(pid, 0); state = Path(f'/proc/{pid}/stat').read_text().split()[2]
+        except (ProcessLookupError, FileNotFoundError): break
+        if state == 'Z': break                             # killed, waiting for its (new) parent to reap it
+        time.sleep(0.1)
+    else: raise AssertionError(f"grandchild {pid} still running")
+
+
 # ---------------------------------------------------------------- the verdicts of the command checks, faked commands
 def fake_run(results):
     "A stand-in for `run_command` answering from `results` (cmd -> dict) and recording the commands."
