@@ -1,7 +1,8 @@
 # silhouette_nb — one entry point for setting up, testing and benchmarking.
 #   make test       the whole suite (what CI runs)
 #   make bench      the speed / memory benchmarks, the objectives' training steps included (print ratios, assert nothing)
-#   make gpu-check  every GPU path in <= 8 min on one GPU: table + benchmarks/out/gpu_check.json (one line without CUDA)
+#   make gpu-check  every GPU path in <= 8 min on one GPU, no venv needed: table + gpu_check.json/.md in $OUT or benchmarks/out/ (one line without CUDA)
+#   make gpu-bundle the wheels a GPU machine without network lacks, for PY_VERSION (3.12): .gpu-bundle/cp312/ (< 40 MiB), carry it there
 #   make reproduce  the quick experiment suite (CPU; 3-8 min measured on 2 cores, sized for <= 20) and its report in
 #                   results/quick/; exits non-zero, saying how many runs are missing, unless every run is recorded
 #   make study      the full-size study (CPU, 2 cores: 1.3 h of wall time measured, resumable) in results/standard/
@@ -20,7 +21,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 export PYTHONUNBUFFERED := 1
 export MPLBACKEND := Agg
 
-.PHONY: evidence docs browser data venv test check-clean check-nbdev nbtest pytest bench gpu-check readme export clean-venv reproduce study
+.PHONY: evidence docs browser data venv test check-clean check-nbdev nbtest pytest bench gpu-check gpu-bundle readme export clean-venv reproduce study
 
 venv: $(STAMP)
 
@@ -61,8 +62,13 @@ bench: venv
 	$(PY) benchmarks/bench_large_batch.py --threads 1
 	$(PY) benchmarks/bench_objectives.py --out benchmarks/out/objectives.json
 
-gpu-check: venv
-	$(PY) tools/gpu_check.py
+# Without a venv (a GPU machine): the machine's python3, with the bundle of `gpu-bundle` installed offline by the check.
+gpu-check:
+	@if [ -x $(PY) ]; then $(PY) tools/gpu_check.py $(GPU_CHECK_ARGS); else $(PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS); fi
+
+PY_VERSION ?= 3.12
+gpu-bundle: venv
+	$(PY) tools/gpu_bundle.py --python-version $(PY_VERSION)
 
 readme: venv
 	$(PY) tools/readme.py

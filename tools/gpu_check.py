@@ -1,39 +1,52 @@
 """Every GPU path in one command, at most 8 minutes on one GPU: the checks behind `make gpu-check`.
 
-    python tools/gpu_check.py                        # every check on cuda; table, then benchmarks/out/gpu_check.json
-    python tools/gpu_check.py --only autocast bench  # some checks
-    python tools/gpu_check.py --device cuda:1        # another GPU
+    python3 tools/gpu_check.py                        # every check on cuda; table, JSON and markdown
+    python3 tools/gpu_check.py --only autocast bench  # some checks
+    python3 tools/gpu_check.py --device cpu --tiny    # the whole flow on the CPU at tiny sizes (the rehearsal)
 
-On a machine without CUDA it prints one line saying so and exits 0. Otherwise it runs these checks, each ending
-pass, fail or skip with its seconds, its figures and a one-line message, then prints a table, writes everything
-to `--out` as JSON and exits 1 if any check failed:
+On a machine without CUDA (and `--device cuda`, the default) it prints one line saying so and exits 0. Otherwise it
+runs these checks, in this order (the figures that matter most first), each ending pass, fail or skip with its
+seconds, its figures and a one-line message, then prints a table, writes `gpu_check.json` and `gpu_check.md` to
+`$OUT` when that is set (else `--out`, default benchmarks/out/) and exits 1 if any check failed:
 
-- `notebooks`    every notebook of nbs/ with a `#| cuda` cell, run by `nbdev-test --flags cuda NB` (all at once);
-- `gpu-tests`    `pytest -m gpu` (none collected: skip);
 - `autocast`     every loss and objective, forward + backward under `torch.autocast` with float16 and bfloat16 against
                  float32 without autocast (`autocast_errors`): fail above 1e-2 relative or with a non-finite gradient;
 - `bench`        forward + backward time (CUDA events, median) and peak memory of our losses, pytorch-metric-learning's
                  `SupConLoss` and the matmul floor, B up to 16 384, and the chunked paths (`loss_benchmark`);
-- `paper-smoke`  `silhouette-nb suite paper-smoke --device cuda` where that suite exists (`--data-path` for its data);
+- `paper-smoke`  the `paper-smoke` suite (14 EfficientNet-B0 runs) on fixture CIFAR-10 and Caltech-101 written by
+                 tools/paper_fixtures.py (or `--data-path`): images per second and host syncs per step of each run;
+- `notebooks`    every notebook of nbs/ with a `#| cuda` cell, run by nbdev-test with `--flags cuda` (all at once);
+- `gpu-tests`    `pytest -m gpu` over the test files that mark tests `gpu`;
 - `nccl`         the global-batch losses on 2 processes over NCCL against one process, where 2 GPUs exist.
 
-Each check runs in a fresh child process of this script, killed past its time budget (`BUDGETS`, within `TOTAL`
-seconds in all): a check that hangs, raises or crashes is a fail with its message (and traceback in the JSON), the
-CUDA state of one check does not leak into the next, and the others still run. `autocast_errors` and
-`loss_benchmark` also run on the CPU (tests call them there).
+No venv needed: where fastai, pytorch-metric-learning or nbdev cannot be imported, the wheels of `make gpu-bundle`
+(.gpu-bundle/cpXY/ for this Python, `--bundle`) are installed with pip, offline, into a temporary folder, which goes
+on `PYTHONPATH` after the checkout; every child process is this Python (`python -m pytest`, and this script's
+`--entry` for nbdev-test and silhouette-nb: no console scripts). Each check runs in a fresh child process, killed past
+its time budget (`BUDGETS`; all of them, the set-up included, within `TOTAL` seconds): a check that hangs, raises or
+crashes is a fail with its message (and traceback in the JSON), the CUDA state of one check does not leak into the
+next, and the others still run. The JSON and the markdown are rewritten after every check, and SIGTERM or SIGINT
+stops the run with the table so far. `autocast_errors` and `loss_benchmark` also run on the CPU (tests call them).
 """
-import argparse, gc, importlib, json, math, os, re, signal, statistics, subprocess, sys, tempfile, time, traceback
+import argparse, gc, hashlib, importlib, importlib.util, json, math, os, re, signal, statistics, subprocess, sys, tempfile, time, traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the venv's scripts (nbdev-test, silhouette-nb), next to its python
-BUDGETS = {'notebooks': 180, 'gpu-tests': 60, 'autocast': 30, 'bench': 90, 'paper-smoke': 60, 'nccl': 30}  # seconds
-TOTAL = 470  # seconds for all checks together: 8 minutes less the start
+# Seconds per check, from what each costs and the GPU's expected speed (measured CPU costs in the README's "On a GPU"):
+# autocast: 15 losses x 3 small forward+backward runs, CUDA start dominates; bench: 3 sizes x 6 paths x 12 runs, the
+# largest B = 16 384 (1 GiB Gram matrices); paper-smoke: 14 EfficientNet-B0 runs of 1 epoch (1 024 images, then 512 to
+# evaluate) at ~8 s each on an H100 with 16 loader processes (60 s was too short); notebooks: 5 whole notebooks at
+# once on 16 cores (65-260 s each on this project's 2-core CPU machine); gpu-tests: 6 tests after collecting fastai.
+BUDGETS = {'autocast': 30, 'bench': 60, 'paper-smoke': 180, 'notebooks': 120, 'gpu-tests': 40, 'nccl': 30}
+TOTAL = 470  # seconds for the set-up and all checks together: 8 minutes less 10 s for the table
 TOL = 1e-2   # autocast: largest relative error of a loss value
+NEEDS = ('fastai', 'fastcore', 'fastprogress', 'plum', 'pytorch_metric_learning', 'nbdev', 'execnb')  # what a bare python3 lacks
+ENTRIES = {'silhouette-nb': ('silhouette_nb.cli', 'main'), 'nbdev-test': ('nbdev.test', 'nbdev_test'),
+           'test-nb': ('gpu_check', 'test_notebook')}   # test-nb: one notebook outside nbs/ (the rehearsal's)
 
 
-# ---------------------------------------------------------------- running checks, the table and the JSON
+# ---------------------------------------------------------------- running checks, the table, the JSON and the markdown
 def run_check(name, fn):
     "Result of `fn()`, which returns (status, message, figures): a dict; an exception is a fail with its traceback."
     t0 = time.perf_counter()
@@ -57,6 +70,30 @@ def table(results:list)->str:
     lines += [f"{r['name']:{w}s}  {r['status']:6s}  {r['seconds']:7.1f}  {r['message']}" for r in results]
     return '\n'.join(lines)
 
+def markdown(results:list, meta:dict)->str:
+    "The results as markdown: what ran where, the table of checks, then the benchmark's and paper-smoke's figures."
+    esc = lambda s: str(s).replace('|', '\\|').replace('\n', ' ')
+    f = lambda v, fmt='.3g': '-' if v is None else v if isinstance(v, str) else format(v, fmt)
+    out = ['# gpu-check', '', ', '.join(f"{k} {meta[k]}" for k in ('device_name', 'torch', 'cuda', 'python', 'commit', 'date')
+                                      if meta.get(k) is not None) + (f"; set-up {meta['setup']['seconds']:.0f} s"
+                                      if isinstance(meta.get('setup'), dict) and meta['setup'].get('seconds') else ''), '',
+           '| check | status | seconds | message |', '| --- | --- | ---: | --- |']
+    out += [f"| {r['name']} | {r['status']} | {r['seconds']:.1f} | {esc(r['message'])} |" for r in results]
+    for r in results:
+        figs = r.get('figures') or {}
+        if r['name'] == 'bench' and figs.get('rows'):
+            out += ['', f"## bench: forward + backward, d={figs['dim']}, K={figs['n_classes']} on {figs['device']}", '',
+                    '| B | path | ms | peak MiB | loss |', '| ---: | --- | ---: | ---: | ---: |']
+            out += [f"| {x['B']} | {x['path']} | {f(x['ms'], '.3f')} | {f(x['peak_mib'], '.1f')} | {f(x['loss'], '.4f')} |" for x in figs['rows']]
+        if r['name'] == 'paper-smoke' and figs.get('runs'):
+            out += ['', f"## paper-smoke: {figs.get('note', '')}", '',
+                    '| dataset | objective | images/s | host syncs/step | s/epoch | peak MiB | top1 (meaningless) |',
+                    '| --- | --- | ---: | ---: | ---: | ---: | ---: |']
+            out += [f"| {x.get('dataset')} | {x.get('objective')} | {f(x.get('images_per_second'), '.0f')} | "
+                    f"{f(x.get('syncs_per_step'), '.1f')} | {f(x.get('sec_per_epoch'), '.2f')} | {f(x.get('peak_mem_mib'), '.0f')} | "
+                    f"{f(x.get('top1'), '.3f')} |" for x in figs['runs']]
+    return '\n'.join(out) + '\n'
+
 def _finite(o):
     "`o` with NaN and infinities as None: strict JSON."
     if isinstance(o, float): return o if math.isfinite(o) else None
@@ -64,30 +101,116 @@ def _finite(o):
     if isinstance(o, (list, tuple)): return [_finite(v) for v in o]
     return o
 
-def report(results:list, # `run_check` results
-           out:str|Path, # the JSON file (its folder is created)
-           **meta, # recorded beside the checks (torch version, device...)
-          )->int: # exit status: 1 if any check failed
-    "Print the table, write `meta` and the results as JSON to `out`, return the exit status."
-    print(table(results))
+def write_results(results:list, out:str|Path, **meta):
+    "Write `meta` and the results as JSON to `out` and as markdown beside it (`.md`); folders are created."
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_finite({**meta, 'checks': results}), indent=1, default=str) + '\n')
-    print(f"figures in {out}")
+    out.with_suffix('.md').write_text(markdown(results, meta))
+
+def report(results:list, # `run_check` results
+           out:str|Path, # the JSON file (its folder is created); the markdown goes beside it
+           **meta, # recorded beside the checks (torch version, device...)
+          )->int: # exit status: 1 if any check failed
+    "Print the table, write `meta` and the results as JSON and markdown, return the exit status."
+    print(table(results))
+    write_results(results, out, **meta)
+    print(f"figures in {out} and {Path(out).with_suffix('.md')}")
     return int(any(r['status'] == 'fail' for r in results))
 
 
 def run_command(cmd:list, timeout:float, capture:bool=True)->dict:
-    "Run `cmd` in ROOT in a session of its own, killed with its children past `timeout` s: returncode (None then), seconds, output."
+    """Run `cmd` in ROOT in a session of its own, killed with its children past `timeout` s (or when this process is
+    interrupted, SIGTERM included): returncode (None when killed), seconds, output."""
     t0 = time.perf_counter()
     p = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, start_new_session=True, text=True,
                          stdout=subprocess.PIPE if capture else None, stderr=subprocess.STDOUT if capture else None)
-    try: out, rc = p.communicate(timeout=timeout)[0], p.returncode
+    try: out, rc = p.communicate(timeout=max(timeout, 0.1))[0], p.returncode
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
+        kill_tree(p.pid)
         out, rc = p.communicate()[0], None
+    except BaseException:
+        kill_tree(p.pid); raise
     return {'returncode': rc, 'seconds': time.perf_counter() - t0, 'output': out or ''}
 
+def kill_tree(pid:int):
+    """SIGKILL to the process group of `pid` and to every process below it, also those in sessions of their own (a
+    check's commands run in theirs): nothing of a killed check keeps running, or holding the GPU."""
+    try:
+        import psutil
+        below = psutil.Process(pid).children(recursive=True)   # before the kill: orphans are lost to init
+    except Exception: below = []
+    for kill in [lambda: os.killpg(pid, signal.SIGKILL)] + [p.kill for p in below]:
+        try: kill()
+        except Exception: pass
+
+def entry(name:str)->list:
+    "The command that runs console script `name` with this Python, with no console script: its function via `--entry`."
+    return [sys.executable, Path(__file__).resolve(), '--entry', name]
+
 def _tail(text, n=3000): return text[-n:]
+
+
+# ---------------------------------------------------------------- set-up: the bundle, offline
+class SetupError(Exception): pass
+
+def missing_modules(names=NEEDS)->list: return [n for n in names if importlib.util.find_spec(n) is None]
+
+def _version_ok(name, reqs):
+    "The requirement strings of `reqs` ('spec (by pkg)') that the installed `name` does not meet (markers evaluated here)."
+    import importlib.metadata as md
+    from packaging.requirements import Requirement
+    try: have = md.version(name)
+    except md.PackageNotFoundError: return [f"{name} is not installed ({'; '.join(reqs)})"]
+    bad = []
+    for r in reqs:
+        req = Requirement(r.split(' (by ')[0])
+        if req.marker is not None and not req.marker.evaluate({'extra': ''}): continue
+        if req.specifier and not req.specifier.contains(have, prereleases=True): bad.append(f"{name} {have} does not meet {r}")
+    return bad
+
+def install_bundle(bundle:str|Path|None=None, # the folder of the wheels and manifest.json; .gpu-bundle/cpXY for this Python
+                   site:str|Path|None=None, # where to install them; a new temporary folder when None
+                  )->dict: # set-up figures: bundle, site, wheels, seconds, unmet requirements
+    """Install the bundle offline into `site` (`pip install --no-index --no-deps --target`) and put the checkout and
+    `site` first on `sys.path` and on `PYTHONPATH` (for the children). A bundle for another Python, a wheel whose
+    sha256 differs from its manifest, or an install that fails is a `SetupError` naming the problem."""
+    t0, tag = time.perf_counter(), f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    folder = Path(bundle) if bundle else ROOT/'.gpu-bundle'/tag
+    if not (folder/'manifest.json').exists():
+        raise SetupError(f"{', '.join(missing_modules())} cannot be imported and there is no bundle at {folder}: run "
+                         f"`make gpu-bundle` (PY_VERSION={sys.version_info[0]}.{sys.version_info[1]}) on a machine with network and carry {folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder}")
+    man = json.loads((folder/'manifest.json').read_text())
+    if man['python_version'] != f"{sys.version_info[0]}.{sys.version_info[1]}":
+        raise SetupError(f"the bundle in {folder} is for Python {man['python_version']}, this is {sys.version.split()[0]}")
+    for w in man['wheels']:
+        f = folder/w['file']
+        if not f.exists(): raise SetupError(f"the bundle lacks {w['file']} (in its manifest)")
+        if hashlib.sha256(f.read_bytes()).hexdigest() != w['sha256']: raise SetupError(f"{w['file']} differs from the manifest's sha256")
+    site = Path(site) if site else Path(tempfile.mkdtemp(prefix='silhouette-gpu-site-'))
+    cmd = [sys.executable, '-m', 'pip', 'install', '-q', '--no-index', '--no-deps', '--no-compile', '--no-cache-dir',
+           '--disable-pip-version-check', '--target', str(site)] + [str(folder/w['file']) for w in man['wheels']]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode: raise SetupError(f"pip install of the bundle failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+    use_paths([ROOT, site])
+    unmet = [b for name, reqs in man.get('gpu_requirements', {}).items() for b in _version_ok(name, reqs)]
+    still = missing_modules()
+    if still: raise SetupError(f"after installing the bundle, {', '.join(still)} still cannot be imported")
+    return {'bundle': str(folder), 'site': str(site), 'wheels': len(man['wheels']), 'mib': man['total_mib'],
+            'seconds': time.perf_counter() - t0, 'unmet': unmet}
+
+def use_paths(paths):
+    "Put `paths` first on `sys.path` and on `PYTHONPATH`, so that this process and its children import from them."
+    paths = [str(p) for p in paths]
+    old = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p and p not in paths]
+    os.environ['PYTHONPATH'] = os.pathsep.join(paths + old)
+    sys.path[:0] = [p for p in paths if p not in sys.path]
+    importlib.invalidate_caches()
+
+def setup(bundle=None)->dict:
+    "The checkout first on the path; the bundle installed where the modules of `NEEDS` are missing (or `bundle` is given)."
+    use_paths([ROOT])   # the checkout's silhouette_nb, also where an editable install points elsewhere
+    if bundle is None and not missing_modules(): return {'bundle': None, 'seconds': 0.0, 'unmet': []}
+    return install_bundle(bundle)
 
 
 # ---------------------------------------------------------------- 1. notebooks with `#| cuda` cells
@@ -97,10 +220,11 @@ def cuda_notebooks(nbs:str|Path=ROOT/'nbs')->list:
     return [p for p in sorted(Path(nbs).glob('*.ipynb'))
             if any(c.cell_type == 'code' and 'cuda' in c.directives for c in read_nb(p).cells)]
 
-def check_notebooks(device, budget):
-    nbs = cuda_notebooks()
+def check_notebooks(device, budget, opts=None):
+    nbs = [Path(p).resolve() for p in (opts or {}).get('notebooks') or []] or cuda_notebooks()
     if not nbs: return 'skip', "no notebook has a `#| cuda` cell", {}
-    run = lambda nb: run_command([BIN/'nbdev-test', '--flags', 'cuda', nb.relative_to(ROOT)], budget - 15)
+    run = lambda nb: run_command(entry('nbdev-test') + ['--flags', 'cuda', nb.relative_to(ROOT)] if nb.is_relative_to(ROOT/'nbs') else
+                                 entry('test-nb') + ['--flags', 'cuda', nb], budget - 15)
     with ThreadPoolExecutor(len(nbs)) as ex: runs = dict(zip(nbs, ex.map(run, nbs)))
     figs = {nb.name: {'returncode': r['returncode'], 'seconds': r['seconds'],
                       'status': 'pass' if r['returncode'] == 0 else 'fail',
@@ -111,10 +235,16 @@ def check_notebooks(device, budget):
 
 
 # ---------------------------------------------------------------- 2. GPU-marked tests
-def check_gpu_tests(device, budget):
-    r = run_command([sys.executable, '-m', 'pytest', '-m', 'gpu', '-q', '-p', 'no:cacheprovider'], budget - 10)
+def gpu_test_files(tests:str|Path=ROOT/'tests')->list:
+    "The test files that mark a test `gpu` (collecting only these: the others may need what the GPU machine lacks)."
+    return [p for p in sorted(Path(tests).glob('test_*.py')) if 'mark.gpu' in p.read_text()]
+
+def check_gpu_tests(device, budget, opts=None):
+    files = [p.relative_to(ROOT) for p in gpu_test_files()]
+    if not files: return 'skip', "no test file marks a test gpu", {}
+    r = run_command([sys.executable, '-m', 'pytest', '-m', 'gpu', '-q', '-p', 'no:cacheprovider', *files], budget - 10)
     last = next((l for l in reversed(r['output'].splitlines()) if l.strip()), '')
-    figs = {'returncode': r['returncode'], 'summary': last}
+    figs = {'returncode': r['returncode'], 'summary': last, 'files': [str(f) for f in files]}
     if r['returncode'] is None: return 'fail', f"pytest -m gpu timed out after {r['seconds']:.0f} s", {**figs, 'tail': _tail(r['output'])}
     if r['returncode'] == 5: return 'skip', "pytest -m gpu: no test marked gpu was collected", figs
     if r['returncode'] == 0: return 'pass', f"pytest -m gpu: {last.strip('= ')}", figs
@@ -189,7 +319,7 @@ def autocast_errors(device:str='cuda', # where to run: 'cuda', 'cpu'...
             out.append(e)
     return out
 
-def check_autocast(device, budget):
+def check_autocast(device, budget, opts=None):
     rows = autocast_errors(device)
     bad = [r for r in rows if not r['ok']]
     worst = max((r for r in rows if r['rel_err'] is not None), key=lambda r: r['rel_err'], default=None)
@@ -293,8 +423,10 @@ def format_benchmark(b:dict)->str:
     lines += [f"B={r['B']}: " + ', '.join(f"{k} {f(v, '.3f')}" for k, v in r.items() if k != 'B') for r in b['ratios']]
     return '\n'.join(lines)
 
-def check_bench(device, budget):
-    b = loss_benchmark(device)
+TINY_BENCH = dict(sizes=(48, 64), repeats=2, warmup=1, n_classes=8, chunk_size=16)   # --tiny: the CPU rehearsal
+
+def check_bench(device, budget, opts=None):
+    b = loss_benchmark(device, **(TINY_BENCH if (opts or {}).get('tiny') else {}))
     print(format_benchmark(b), flush=True)
     ooms = [f"{r['path']} at B={r['B']}" for r in b['rows'] if r['ms'] == 'oom' and r['path'] != 'pml supcon']
     mid = next((r for r in b['ratios'] if r['B'] == 4096), b['ratios'][-1])
@@ -305,27 +437,170 @@ def check_bench(device, budget):
 
 
 # ---------------------------------------------------------------- 5. paper-smoke
-SMOKE_KEYS = ('dataset', 'objective', 'top1', 'wall_s', 'sec_per_epoch', 'peak_mem_mib')
+SMOKE_KEYS = ('dataset', 'objective', 'top1', 'wall_s', 'sec_per_epoch', 'peak_mem_mib', 'amp')
 SMOKE_RATE = re.compile(r'images?_per|sync')  # images per second, syncs per step, if the rows carry them
+SYNC_STEPS = (1, 2, 3)  # the training steps whose host syncs are counted (the first, 0, compiles and tunes)
+# --tiny (the CPU rehearsal): 2 objectives on the tiny fixtures at 32 px, no loader processes
+TINY_SMOKE = ['--objectives', 'ce+sil', 'supcon', '--workers', '0'] + [a for s in ('n_train=24', 'n_valid=none', 'size=32', 'bs=4',
+              'balanced=2') for a in ('--set', s)]
 
-def check_paper_smoke(device, budget, data_path=None):
+def _load_tool(name):
+    "A module of tools/ by its file (tools/ is no package)."
+    spec = importlib.util.spec_from_file_location(name, ROOT/'tools'/f'{name}.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+def _median(xs):
+    xs = [x for x in xs if isinstance(x, (int, float))]
+    return statistics.median(xs) if xs else None
+
+def smoke_runs(rows:list, syncs:list)->list:
+    """One dict per run: the row's `SMOKE_KEYS`, images_per_second (training images over `sec_per_epoch`, where the
+    run's n_train is known) and syncs_per_step (the mean over `SYNC_STEPS` that `--syncs` counted for its key)."""
+    by_key = {s['key']: s for s in syncs}
+    runs = []
+    for row in rows:
+        run = {k: v for k, v in row.items() if k in SMOKE_KEYS or SMOKE_RATE.search(k)}
+        n, spe = (row.get('config') or {}).get('n_train'), row.get('sec_per_epoch')
+        run.setdefault('images_per_second', n / spe if isinstance(n, int) and isinstance(spe, (int, float)) and spe > 0 else None)
+        s = by_key.get(row.get('key'), {})
+        run.setdefault('syncs_per_step', s.get('syncs_per_step'))
+        if s.get('ops'): run['sync_ops'] = s['ops']
+        runs.append(run)
+    return runs
+
+def check_paper_smoke(device, budget, opts=None):
+    opts, t0 = opts or {}, time.perf_counter()
     from silhouette_nb.config import SUITES
     if 'paper-smoke' not in SUITES: return 'skip', "silhouette_nb.config.SUITES has no 'paper-smoke' suite", {}
-    keys = {c.key for c in SUITES['paper-smoke'].configs()}
+    tiny = bool(opts.get('tiny'))
+    objectives = TINY_SMOKE[1:3] if tiny else None
+    n_runs = len([c for c in SUITES['paper-smoke'].configs() if objectives is None or getattr(c, 'objective', None) in objectives])
     with tempfile.TemporaryDirectory() as d:
-        cmd = [BIN/'silhouette-nb', 'suite', 'paper-smoke', '--device', device, '--out', d, '--no-bar']
-        r = run_command(cmd + (['--data-path', data_path] if data_path else []), budget - 10)
-        lines = (Path(d)/'results.jsonl').read_text().splitlines() if (Path(d)/'results.jsonl').exists() else []
-    rows = [json.loads(l) for l in lines if l.strip()]
-    runs = [{k: v for k, v in row.items() if k in SMOKE_KEYS or SMOKE_RATE.search(k)} for row in rows]
-    figs = {'returncode': r['returncode'], 'seconds': r['seconds'], 'runs': runs, 'tail': _tail(r['output'])}
-    done = keys & {row.get('key') for row in rows}
-    if r['returncode'] is None: return 'fail', f"timed out after {r['seconds']:.0f} s with {len(done)} of {len(keys)} runs", figs
-    if r['returncode'] or len(done) < len(keys):
-        return 'fail', f"exit code {r['returncode']}, {len(done)} of {len(keys)} runs recorded", figs
-    rates = sorted({k for run in runs for k in run if SMOKE_RATE.search(k)})
-    return 'pass', f"{len(done)} runs in {r['seconds']:.0f} s" + (f"; rows carry {', '.join(rates)}" if rates else
-                                                                  "; rows carry no images/s or syncs/step"), figs
+        data, fixtures, note = opts.get('data_path'), None, "data from --data-path"
+        if data is None:
+            pf = _load_tool('paper_fixtures')
+            data = Path(d)/'data'
+            fixtures = pf.write_paper_fixtures(data, tiny)
+            note = pf.NOTE
+            print(f"paper-smoke: fixtures written in {fixtures['seconds']:.1f} s ({note})", flush=True)
+        syncs = Path(d)/'syncs.jsonl'
+        cmd = entry('silhouette-nb') + ['--syncs', syncs] + (['--fixtures', data] if fixtures else []) + [
+            '--', 'suite', 'paper-smoke', '--device', device, '--out', Path(d)/'out', '--no-bar', '--save-model', 'none',
+            '--data-path', data] + (TINY_SMOKE if tiny else [])
+        r = run_command(cmd, budget - 10 - (time.perf_counter() - t0))
+        res = Path(d)/'out'/'results.jsonl'
+        rows = [json.loads(l) for l in (res.read_text().splitlines() if res.exists() else []) if l.strip()]
+        sync_rows = [json.loads(l) for l in (syncs.read_text().splitlines() if syncs.exists() else []) if l.strip()]
+    runs = smoke_runs(rows, sync_rows)
+    figs = {'returncode': r['returncode'], 'seconds': r['seconds'], 'runs': runs, 'fixtures': fixtures, 'note': note,
+            'tail': _tail(r['output'])}
+    done = len({row.get('key') for row in rows})
+    if r['returncode'] is None: return 'fail', f"timed out after {r['seconds']:.0f} s with {done} of {n_runs} runs", figs
+    if r['returncode'] or done < n_runs:
+        return 'fail', f"exit code {r['returncode']}, {done} of {n_runs} runs recorded", figs
+    rate = lambda ds: _median(x.get('images_per_second') for x in runs if x.get('dataset') == ds)
+    f = lambda v, fmt: '-' if v is None else format(v, fmt)
+    msg = (f"{done} runs in {r['seconds']:.0f} s; median images/s CIFAR-10 {f(rate('cifar10'), '.0f')}, Caltech-101 "
+           f"{f(rate('caltech101'), '.0f')}; host syncs/step {f(_median(x.get('syncs_per_step') for x in runs), '.1f')}")
+    return 'pass', msg + ('; fixture data: accuracies mean nothing' if fixtures else ''), figs
+
+
+def count_syncs_per_step(path:str|Path, # a JSON-lines file: one line per run
+                         steps:tuple=SYNC_STEPS):
+    """Make every run of this process count the host syncs of its training steps `steps` of the first epoch, each
+    from its `before_batch` to the next one (the loading of the next batch included), and append {key, dataset,
+    objective, steps, syncs_per_step, ops} to `path` after its first fit. A sync is an operation that
+    `validation._is_sync` names (what `validation.count_syncs` counts) on a tensor of the run's device: on a GPU a read
+    of a CPU tensor's value waits for nothing and is not counted; on the CPU every such read counts."""
+    import collections, torch
+    from torch.utils._pytree import tree_leaves
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.overrides import TorchFunctionMode
+    from fastai.callback.core import Callback
+    import silhouette_nb.runner as R
+    from silhouette_nb.validation import _is_sync, _SYNC_METHODS
+    def on_device(args, kind):
+        return any(isinstance(t, torch.Tensor) and t.device.type == kind for t in tree_leaves(args))
+    class Dispatch(TorchDispatchMode):
+        def __init__(self, counts, kind): super().__init__(); self.counts, self.kind = counts, kind
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if _is_sync(func, args, kwargs) and on_device(args, self.kind): self.counts[f'aten.{func.overloadpacket.__name__}'] += 1
+            return func(*args, **kwargs)
+    class Methods(TorchFunctionMode):
+        def __init__(self, counts, kind): super().__init__(); self.counts, self.kind = counts, kind
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if getattr(func, '__name__', None) in _SYNC_METHODS and on_device(args, self.kind): self.counts[f'Tensor.{func.__name__}'] += 1
+            return func(*args, **(kwargs or {}))
+    class count_syncs:
+        def __init__(self, kind): self.counts, self.modes = collections.Counter(), (Methods(None, kind), Dispatch(None, kind))
+        def __enter__(self):
+            for m in self.modes: m.counts = self.counts; m.__enter__()
+            return self.counts
+        def __exit__(self, *exc):
+            for m in reversed(self.modes): m.__exit__(*exc)
+    class StepSyncs(Callback):
+        order = -100
+        def __init__(self, cfg): self.cfg, self.cm, self.cur, self.counts, self.written, self.error = cfg, None, None, [], False, None
+        def _close(self):
+            if self.cm is None: return
+            c = dict(self.cur)
+            try: self.cm.__exit__(None, None, None)
+            except Exception as e: self.error = f"{type(e).__name__}: {e}"
+            self.cm = None; self.counts.append(c)
+        def before_batch(self):
+            if not self.training or self.written: return
+            self._close()
+            if self.epoch == 0 and self.iter in steps and self.error is None:
+                self.cm = count_syncs(torch.device(self.dls.device).type); self.cur = self.cm.__enter__()
+        def before_validate(self): self._close()
+        def after_fit(self):
+            self._close()
+            if self.written or not self.counts: return
+            self.written, ops = True, {}
+            for c in self.counts:
+                for k, v in c.items(): ops[k] = ops.get(k, 0) + v / len(self.counts)
+            with open(path, 'a') as f:
+                f.write(json.dumps({'key': self.cfg.key, 'dataset': self.cfg.dataset, 'objective': self.cfg.objective,
+                                    'steps': len(self.counts), 'syncs_per_step': sum(ops.values()), 'ops': ops,
+                                    'error': self.error}) + '\n')
+    orig = R.run_callbacks
+    R.run_callbacks = lambda cfg, device: orig(cfg, device) + [StepSyncs(cfg)]
+
+def test_notebook()->int:
+    """`--entry test-nb --flags FLAGS NB`: nbdev's `test_nb` on the notebook NB, with the project's `tst_flags` skipped
+    but FLAGS run, as nbdev-test does (nbdev-test itself, given a notebook outside the project's nbs/, tests those)."""
+    from nbdev.config import get_config
+    from nbdev.test import test_nb
+    args = sys.argv[1:]
+    flags = args[args.index('--flags') + 1].split() if '--flags' in args else []
+    nb = [a for a in args if a.endswith('.ipynb')][0]
+    cfg = get_config()
+    skip = cfg.tst_flags.split() if isinstance(cfg.tst_flags, str) else list(cfg.tst_flags)
+    ok, secs = test_nb(Path(nb).resolve(), skip_flags=skip, force_flags=flags, basepath=cfg.config_path, do_print=True)
+    print(f"{Path(nb).name}: {'passed' if ok else 'failed'} in {secs:.1f} s")
+    return 0 if ok else 1
+
+def run_entry(argv:list)->int:
+    """`--entry NAME [--syncs FILE] [--fixtures DIR] [--] ARGS`: run console script NAME (`ENTRIES`) in this process
+    with ARGS; `--fixtures` points torchvision's CIFAR-10 checks at the fixtures there, `--syncs` counts host syncs."""
+    name, rest, syncs, fixtures = argv[0], list(argv[1:]), None, None
+    while rest[:1] in (['--syncs'], ['--fixtures']):
+        if rest[0] == '--syncs': syncs = rest[1]
+        else: fixtures = rest[1]
+        rest = rest[2:]
+    if rest[:1] == ['--']: rest = rest[1:]
+    if fixtures: _load_tool('paper_fixtures').point_torchvision_at(fixtures)
+    if syncs: count_syncs_per_step(syncs)
+    mod, fn = ENTRIES[name]
+    sys.argv = [name] + rest
+    try: rc = getattr(sys.modules[__name__], fn)() if mod == 'gpu_check' else getattr(importlib.import_module(mod), fn)()
+    except SystemExit as e: rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    rc = rc if isinstance(rc, int) else 0
+    if name in ('nbdev-test', 'test-nb'):   # IPython's atexit gc.collect was seen to hang a bare environment's exit
+        sys.stdout.flush(); sys.stderr.flush(); os._exit(rc)
+    return rc
 
 
 # ---------------------------------------------------------------- 6. NCCL
@@ -353,7 +628,7 @@ def nccl_errors(nproc:int=2, backend:str='nccl', batch:int=23, dim:int=8, n_clas
     cases['cosine corel'] = (CosineCOREL(n_classes, dim, gather=True).double(), x, y)
     return _global_batch_errors()(cases, nproc=nproc, backend=backend, timeout=120)
 
-def check_nccl(device, budget):
+def check_nccl(device, budget, opts=None):
     import torch
     n = torch.cuda.device_count()
     if n < 2: return 'skip', f"needs 2 GPUs, found {n}", {'gpus': n}
@@ -364,58 +639,97 @@ def check_nccl(device, budget):
                                          f"(largest difference {worst:.1e})" + (f"; over: {', '.join(bad)}" if bad else '')), errors
 
 
-CHECKS = {'notebooks': check_notebooks, 'gpu-tests': check_gpu_tests, 'autocast': check_autocast, 'bench': check_bench,
-          'paper-smoke': check_paper_smoke, 'nccl': check_nccl}
+CHECKS = {'autocast': check_autocast, 'bench': check_bench, 'paper-smoke': check_paper_smoke, 'notebooks': check_notebooks,
+          'gpu-tests': check_gpu_tests, 'nccl': check_nccl}
 
 
 # ---------------------------------------------------------------- each check in a child process
-def run_in_child(name:str, device:str, budget:float, data_path:str|None=None)->dict:
+def run_in_child(name:str, device:str, budget:float, opts:dict|None=None)->dict:
     "`run_check` of CHECKS[name] in a fresh process of this script, killed (a fail) past `budget` seconds."
+    opts = opts or {}
     with tempfile.TemporaryDirectory() as d:
         res = Path(d)/'result.json'
         cmd = [sys.executable, Path(__file__).resolve(), '--child', name, '--child-out', res, '--device', device, '--budget', budget]
-        r = run_command(cmd + (['--data-path', data_path] if data_path else []), budget, capture=False)
+        cmd += (['--tiny'] if opts.get('tiny') else []) + (['--data-path', opts['data_path']] if opts.get('data_path') else [])
+        cmd += ['--notebooks', *opts['notebooks']] if opts.get('notebooks') else []
+        r = run_command(cmd, budget, capture=False)
         if res.exists(): return json.loads(res.read_text())
     why = (f"timed out after its budget of {budget:.0f} s" if r['returncode'] is None else
            f"its process exited with code {r['returncode']} without a result")
     return {'name': name, 'status': 'fail', 'seconds': r['seconds'], 'message': why, 'figures': {}, 'traceback': None}
 
+def _opts(a): return {'tiny': a.tiny, 'data_path': a.data_path, 'notebooks': a.notebooks}
+
 def _child(a):
-    fn = CHECKS[a.child]
-    call = (lambda: fn(a.device, a.budget, a.data_path)) if a.child == 'paper-smoke' else (lambda: fn(a.device, a.budget))
-    Path(a.child_out).write_text(json.dumps(_finite(run_check(a.child, call)), default=str))
+    Path(a.child_out).write_text(json.dumps(_finite(run_check(a.child, lambda: CHECKS[a.child](a.device, a.budget, _opts(a)))), default=str))
 
 def _git_commit():
     try: return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
     except OSError: return None
 
+class Stopped(Exception): pass
+
+def _stop(signum, frame): raise Stopped(signal.Signals(signum).name)
+
+def not_run(name, why): return {'name': name, 'status': 'fail', 'seconds': 0., 'figures': {}, 'traceback': None, 'message': f"not run: {why}"}
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if argv[:1] == ['--entry']: return run_entry(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--out', default=str(ROOT/'benchmarks'/'out'/'gpu_check.json'), help='the JSON file of all figures')
+    ap.add_argument('--out', default=None, help="the JSON file of all figures (the markdown goes beside it); "
+                    "default $OUT/gpu_check.json where OUT is set, else benchmarks/out/gpu_check.json")
     ap.add_argument('--only', nargs='+', choices=list(CHECKS), metavar='NAME', help=f"only these checks: {', '.join(CHECKS)}")
-    ap.add_argument('--device', default='cuda', help='the CUDA device (default: cuda)')
-    ap.add_argument('--data-path', default=None, help="data for the paper-smoke suite (its --data-path)")
+    ap.add_argument('--device', default='cuda', help="the device (default: cuda; 'cpu' runs the flow without a GPU)")
+    ap.add_argument('--tiny', action='store_true', help="tiny sizes (benchmark, paper-smoke fixtures and runs): a rehearsal on the CPU")
+    ap.add_argument('--time-scale', type=float, default=1., help="multiply every time budget and the total (a slow CPU)")
+    ap.add_argument('--bundle', default=None, help="the wheels folder of `make gpu-bundle` (default .gpu-bundle/cpXY when fastai... are missing)")
+    ap.add_argument('--data-path', default=None, help="real data for paper-smoke (its --data-path); fixtures are written when absent")
+    ap.add_argument('--notebooks', nargs='+', default=None, help="these notebooks instead of those of nbs/ with a `#| cuda` cell")
     ap.add_argument('--child', choices=list(CHECKS), help=argparse.SUPPRESS)
     ap.add_argument('--child-out', help=argparse.SUPPRESS)
     ap.add_argument('--budget', type=float, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child: _child(a); return 0
-    import torch
-    if not torch.cuda.is_available():
+    t0 = time.monotonic()
+    # the children stream what they print; with a block-buffered stdout nbdev-test's and pytest's processes were seen
+    # to hang at their exit (IPython's atexit gc.collect) under a bare environment
+    os.environ.setdefault('PYTHONUNBUFFERED', '1'); os.environ.setdefault('MPLBACKEND', 'Agg')
+    try: import torch
+    except ImportError:
+        print(f"gpu-check: torch cannot be imported by {sys.executable}: nothing to check"); return 0
+    cuda = torch.device(a.device).type == 'cuda'
+    if cuda and not torch.cuda.is_available():
         print(f"gpu-check: no CUDA device on this machine (torch {torch.__version__}), nothing to check"); return 0
-    names, t0, results = a.only or list(CHECKS), time.monotonic(), []
-    print(f"gpu-check: {', '.join(names)} on {a.device} ({torch.cuda.get_device_name(torch.device(a.device))}, "
-          f"{torch.cuda.device_count()} GPUs, torch {torch.__version__}, CUDA {torch.version.cuda})", flush=True)
-    for name in names:
-        budget = min(BUDGETS[name], TOTAL - (time.monotonic() - t0))
-        print(f"--- {name} (budget {budget:.0f} s)", flush=True)
-        results.append(run_in_child(name, a.device, budget, a.data_path) if budget >= 10 else
-                       {'name': name, 'status': 'fail', 'seconds': 0., 'figures': {}, 'traceback': None,
-                        'message': f"not run: the {TOTAL} s of all checks were spent"})
-        print(f"--- {name}: {results[-1]['status']}: {results[-1]['message']}", flush=True)
-    return report(results, a.out, torch=torch.__version__, cuda=torch.version.cuda, device=a.device,
-                  device_name=torch.cuda.get_device_name(torch.device(a.device)), gpus=torch.cuda.device_count(),
-                  commit=_git_commit(), date=time.strftime('%Y-%m-%d %H:%M:%S'), seconds=time.monotonic() - t0)
+    out = Path(a.out) if a.out else Path(os.environ['OUT'])/'gpu_check.json' if os.environ.get('OUT') else ROOT/'benchmarks'/'out'/'gpu_check.json'
+    names, results, total = a.only or list(CHECKS), [], TOTAL * a.time_scale
+    name_of = torch.cuda.get_device_name(torch.device(a.device)) if cuda else 'cpu'
+    meta = dict(torch=torch.__version__, cuda=torch.version.cuda, python=sys.version.split()[0], device=a.device, device_name=name_of,
+                gpus=torch.cuda.device_count() if cuda else 0, tiny=a.tiny, commit=_git_commit(), date=time.strftime('%Y-%m-%d %H:%M:%S'))
+    print(f"gpu-check: {', '.join(names)} on {a.device} ({name_of}, {meta['gpus']} GPUs, torch {torch.__version__}, "
+          f"CUDA {torch.version.cuda}, Python {meta['python']}); results to {out}", flush=True)
+    try: meta['setup'] = setup(a.bundle)
+    except SetupError as e:
+        meta['setup'] = {'error': str(e)}
+        return report([not_run(n, f"set-up failed: {e}") for n in names], out, **meta)
+    s = meta['setup']
+    print("gpu-check: " + (f"{s['wheels']} wheels ({s['mib']:.1f} MiB) installed offline into {s['site']} in {s['seconds']:.1f} s"
+                           if s.get('bundle') else "fastai, pytorch-metric-learning and nbdev import here: no bundle needed") +
+          ''.join(f"\ngpu-check: warning: {u}" for u in s['unmet']), flush=True)
+    old = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for name in names:
+            budget = min(BUDGETS[name] * a.time_scale, total - (time.monotonic() - t0))
+            print(f"--- {name} (budget {budget:.0f} s)", flush=True)
+            results.append(run_in_child(name, a.device, budget, _opts(a)) if budget >= 10 else
+                           not_run(name, f"the {total:.0f} s of all checks were spent"))
+            print(f"--- {name}: {results[-1]['status']}: {results[-1]['message']}", flush=True)
+            write_results(results, out, **meta, seconds=time.monotonic() - t0)   # what is done survives a kill
+    except Stopped as e:
+        results += [not_run(n, f"stopped by {e}") for n in names[len(results):]]
+    finally:
+        for sig, h in old.items(): signal.signal(sig, h)
+    return report(results, out, **meta, seconds=time.monotonic() - t0)
 
 
 if __name__ == '__main__':
