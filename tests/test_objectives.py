@@ -486,7 +486,8 @@ def test_old_option_names_still_work_with_a_deprecation_warning(old, new):
 def test_options_are_declared_once():
     import inspect
     assert OBJECTIVE_OPTIONS == ('sil_weight', 'center_weight', 'supcon_weight', 'sil_temperature', 'supcon_temperature',
-                                 'sil_distance', 'corel_attraction', 'gather', 'validate_args')
+                                 'sil_distance', 'sil_normalize', 'sil_minimum', 'sil_delta', 'sil_warmup', 'corel_attraction',
+                                 'gather', 'validate_args')
     assert list(inspect.signature(make_objective).parameters) == ['spec', 'n_classes', 'dim', *OBJECTIVE_OPTIONS]   # forwarded
     with pytest.raises(TypeError, match="unexpected keyword argument 'sil_wieght'"): make_objective('ce', K, D, sil_wieght=1)
 
