@@ -130,15 +130,16 @@ def spread(x:Tensor, # (N, d) embeddings, used as given
     "Mean squared distance between distinct samples, $\\frac{2N}{N-1}(\\overline{\\lVert x\\rVert^2} - \\lVert\\bar x\\rVert^2)$, in O(Nd)."
     x = x.detach().double()
     n = len(x)
-    if n < 2: return math.nan
+    if n < 2 or not bool(torch.isfinite(x).all()): return math.nan   # a diverged network's embeddings: no number, no error
     return float(2 * n / (n - 1) * ((x * x).sum(1).mean() - (x.mean(0) ** 2).sum()).clamp_min(0))
 
 def effective_rank(x:Tensor, # (N, d) embeddings
                   )->float: # exp of the entropy of the normalised singular values of the centred rows; NaN for a single point
     "Effective rank (Roy & Vetterli 2007) of the centred embeddings: how many directions they use."
     x = x.detach().double()
+    if len(x) < 2 or not bool(torch.isfinite(x).all()): return math.nan
     s = torch.linalg.svdvals(x - x.mean(0))
-    if len(x) < 2 or s.sum() <= 0: return math.nan
+    if s.sum() <= 0: return math.nan
     p = s / s.sum()
     return float(torch.exp(-(p * torch.log(p.clamp_min(1e-300))).sum()))
 

@@ -197,7 +197,9 @@ def test_suite_list(capsys, tmp_path):
     out = capsys.readouterr().out
     assert '81 runs.' in out and '0 of them already in' in out
     assert {n: len(s.configs()) for n, s in SUITES.items()} == {'quick': 81, 'corel': 18, 'paper': 147, 'paper-smoke': 14,
-                                                               'standard': 36, 'standard-corel': 9, 'sensitivity': 48, 'standard-supcon': 6}
+                                                               'standard': 36, 'standard-corel': 9, 'sensitivity': 48, 'standard-supcon': 6,
+                                                               'scarce': 360, 'ablation': 10, 'ablation-variants': 30, 'unseen': 35,
+                                                               'unseen-mnist1d': 70}
 
 
 # ---------------------------------------------------------------- determinism on the CPU

@@ -166,7 +166,7 @@ def test_knn_matches_sklearn_random():
 
 def test_terms_are_columns(trained):
     names, values = trained.fit_table
-    assert names[1:-1] == ['train_loss', 'valid_loss', 'ce', 'sil', 'top1', 'silhouette', 'knn', 'nmi', 'ari', 'p_at_1', 'r_precision', 'map_at_r']
+    assert names[1:-1] == ['train_loss', 'valid_loss', 'ce', 'sil', 'top1', 'silhouette', 'knn', 'nmi', 'ari', 'p_at_1', 'r_precision', 'map_at_r', 'spread', 'erank']
     assert len(values) == 3
     vals = dict(zip(names[1:-1], values[-1]))
     assert vals['valid_loss'] == pytest.approx(vals['ce'] + vals['sil'], rel=1e-5)
@@ -292,7 +292,7 @@ def test_supcon_two_stage(dls_views):
     set_seed(0)
     probe = supcon_two_stage(dls_views, 'cnn', epochs=3, lr=3e-3, probe_epochs=2, seed=0, quiet=True)
     names = [m.name for m in probe.metrics]
-    assert names == ['ce', 'top1', 'silhouette', 'knn', 'nmi', 'ari', 'p_at_1', 'r_precision', 'map_at_r']
+    assert names == ['ce', 'top1', 'silhouette', 'knn', 'nmi', 'ari', 'p_at_1', 'r_precision', 'map_at_r', 'spread', 'erank']
     assert probe.pretrain_log['names'][:3] == ['train_loss', 'valid_loss', 'supcon'] and len(probe.pretrain_log['values']) == 3
     assert isinstance(probe.model.encoder, FrozenEncoder) and probe.model.classifier is not None
     assert not any(p.requires_grad for p in probe.model.encoder.parameters())
