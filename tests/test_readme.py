@@ -41,6 +41,8 @@ def test_same_output_compares_numbers_within_the_tolerance():
     assert 'text differs' in readme.same_output(shown, "{'loss': 0.473,\n 'top1': 0.992,\n 'knn': 0.9}")
     assert 'text differs' in readme.same_output('tensor(1.0313, grad_fn=<RsubBackward1>)', 'tensor(1.0313, grad_fn=<WhereBackward0>)')
     assert readme.same_output('tensor(-0.0511)', 'tensor(-0.0511)') is None
+    assert readme.same_output("{'erank': 43.884}", "{'erank': 44.252}") is None            # within 3 % of itself
+    assert 'beyond' in readme.same_output("{'erank': 43.884}", "{'erank': 46.1}")
 
 def test_section_blocks_and_run_cells():
     md = "# T\n\n## Use\n\n```python\nx = 2\nx + 1\n```\n\n```\n3\n```\n\ntext\n\n```python\ny = x\n```\n\n## Next\n\n```python\nz\n```\n"
