@@ -197,14 +197,14 @@ def claims_table(judged:list, # from `judge_claims`
         'Student t (n − 1 df)' if m == 't' else 'percentile bootstrap' for m in sorted(methods))
     lines = [f"Treatment − baseline, paired by seed; mean and {how} confidence interval. "
              "held: the interval lies on the claimed side of 0; contradicted: on the other side; not shown: it contains 0. "
-             "detectable: the smallest true difference these seeds detect with 80 % power.", '',
-             '| verdict | claim | dataset | metric | seeds | baseline | treatment | difference | interval | detectable |', '|---|---|---|---|---|---|---|---|---|---|']
+             "MDE, the minimum detectable effect: the smallest true difference these seeds detect with 80 % power. ↓: lower is better.", '',
+             '| verdict | claim (metric) | dataset | seeds | baseline | treatment | difference | interval | MDE |', '|---|---|---|---|---|---|---|---|---|']
     for j in judged:
         scale, unit, dec = CLAIM_UNITS.get(j['metric'], (1, '', 3))
         f = lambda v, sign='': f"{v * scale:{sign}.{dec}f}"
-        metric = j['metric'] + ('' if j['higher_is_better'] else ' (lower is better)')
-        lines.append(f"| **{j['verdict']}** | {j['claim']}: {j['baseline_objective']} → {j['treatment_objective']} | {j['dataset']} ({j['encoder']}) "
-                     f"| {metric} | {j['n']} | {f(j['baseline'])} | {f(j['treatment'])} | {f(j['diff'], '+')}{unit} | [{f(j['lo'], '+')}, {f(j['hi'], '+')}] "
+        metric = j['metric'] + ('' if j['higher_is_better'] else ' ↓')
+        lines.append(f"| **{j['verdict']}** | {j['claim']}: {j['baseline_objective']} → {j['treatment_objective']} ({metric}) | {j['dataset']} ({j['encoder']}) "
+                     f"| {j['n']} | {f(j['baseline'])} | {f(j['treatment'])} | {f(j['diff'], '+')}{unit} | [{f(j['lo'], '+')}, {f(j['hi'], '+')}] "
                      f"| {'-' if j.get('detectable') is None else f(j['detectable']) + unit} |")
     return '\n'.join(lines)
 
