@@ -214,7 +214,7 @@ def compare(baseline_rows:list, # rows of the baseline arm, one a seed
             metric:str, # the metric column
             level:float=0.95, # coverage of the interval
             higher_is_better:bool=True, # the verdict's direction
-           )->dict: # n, baseline, treatment, diff, lo, hi, detectable, verdict
+           )->dict: # n, baseline, treatment, diff, sd (of one difference), lo, hi, detectable, verdict
     "Two arms of any kind paired by seed: the mean difference of `metric` with its t interval, detectable effect and verdict."
     arms = []
     for name, rows in (('baseline', baseline_rows), ('treatment', treatment_rows)):
@@ -229,5 +229,5 @@ def compare(baseline_rows:list, # rows of the baseline arm, one a seed
     seeds = sorted(b)
     bv, tv = (np.array([a[s][metric] for s in seeds], dtype=float) for a in (b, t))
     mean, lo, hi = mean_ci(tv - bv, level)
-    return dict(n=len(seeds), baseline=float(bv.mean()), treatment=float(tv.mean()), diff=mean, lo=lo, hi=hi,
+    return dict(n=len(seeds), baseline=float(bv.mean()), treatment=float(tv.mean()), diff=mean, sd=float((tv - bv).std(ddof=1)), lo=lo, hi=hi,
                 detectable=detectable_effect(tv - bv, level), verdict=verdict(lo, hi, higher_is_better))

@@ -96,10 +96,10 @@ def check_run_folders(runs:str|Path, # OUT/runs, the folder of the run folders
 # %% ../nbs/14_runner.ipynb #8d9df4d8
 def _data_sizes(name, path, download, seed, seen_classes=None):
     "(training size, validation size, classes in the training set) of one dataset, its split made with `seed` (the seen classes' part with `seen_classes`)."
-    if seen_classes is not None:   # checked by RunConfig to need holdout: carve 2 per class here, to count what the seen classes have
-        tr, h, va = tensor_dsets(name, seed=seed, path=path, download=download, holdout=2 * seen_classes, seen_classes=seen_classes)
-        return len(tr) + len(h), len(va), seen_classes
     tr, va = tensor_dsets(name, seed=seed, path=path, download=download) if name in TENSOR_DATASETS else image_dsets(name, path, download, seed=seed)
+    if seen_classes is not None:   # trained on classes < seen_classes, tested on the others
+        ytr, yva = dataset_labels(tr), dataset_labels(va)
+        return int((ytr < seen_classes).sum()), int((yva >= seen_classes).sum()), seen_classes
     return len(tr), len(va), len(dataset_labels(tr).unique())
 
 def check_data(configs:list, # `RunConfig`s
